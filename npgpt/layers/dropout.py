@@ -13,7 +13,7 @@ def forward(x, p, rng):
     if p == 0.0:
         return x, None
     keep = rng.random(x.shape) >= p  # (same shape) True where the element survives
-    scaled_mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    scaled_mask = keep.astype(x.dtype) * (1.0 / (1.0 - float(p)))  # float(): an np.float64 p would promote float32
     return x * scaled_mask, scaled_mask
 
 

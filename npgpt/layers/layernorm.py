@@ -11,7 +11,7 @@ def forward(x, w, b, eps=1e-5):
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean  # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
-    rstd = 1.0 / np.sqrt(var + eps)  # (..., 1); a Python float keeps x's dtype
+    rstd = 1.0 / np.sqrt(var + float(eps))  # (..., 1); a Python float keeps x's dtype (an np.float64 would not)
     xhat = xc * rstd  # (..., C) zero mean, unit variance
     out = xhat * w
     if b is not None:
