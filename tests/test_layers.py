@@ -4,7 +4,10 @@ Gradients: each layer's analytic backward against npgpt.gradcheck.check_layer
 (five-point central differences, float64) for every array input, over
 hypothesis-drawn shapes that include T = 1, one head and odd sizes.  The
 bound is the project's 1e-6 max relative error everywhere (no looser bound
-is needed: the worst error measured over thousands of draws is ~1e-8).
+is needed; the worst error measured over thousands of draws is ~6e-8).
+Two input regions where the finite differences themselves cannot reach 1e-6
+are handled explicitly (layer-norm rows with almost no spread, GELU's far
+tails): see rows_with_spread and test_gelu_gradients.
 
 Forward values are checked against straightforward loop-and-formula
 versions written here, so that a backward that is the exact derivative of a
@@ -53,16 +56,46 @@ def test_linear_gradients(seed, lead, c_in, c_out, with_bias):
 @given(seed=seeds, B=batches, T=times, C=st.integers(1, 9), with_bias=st.booleans())
 def test_layernorm_gradients(seed, B, T, C, with_bias):
     rng = np.random.default_rng(seed)
-    inputs = {"x": rng.standard_normal((B, T, C)) * 2.0 + 0.5, "w": rng.standard_normal(C),
+    inputs = {"x": rows_with_spread(rng, (B, T, C)), "w": rng.standard_normal(C),
               "b": rng.standard_normal(C) if with_bias else None}
     report = gradcheck.check_layer(layernorm.forward, layernorm.backward, inputs, name="layernorm", seed=seed)
     assert_gradcheck(report, 3 if with_bias else 2)
 
 
+def rows_with_spread(rng, shape):
+    """Random rows, each with a standard deviation drawn from [0.1, 3] and a random mean.
+
+    Finite differences with step h = 1e-3 resolve a layer norm only if a row's
+    spread is well above h: a row whose two entries differ by ~1e-3 (frequent
+    at C = 2 with raw normal draws) gives truncation errors up to 4e-4.  That
+    is the stencil's limit, not the backward's, so the drawn rows keep their
+    spread >= 0.1 and the nearly constant row gets its own test below.
+    """
+    z = rng.standard_normal(shape)
+    if shape[-1] > 1:
+        z = (z - z.mean(axis=-1, keepdims=True)) / z.std(axis=-1, keepdims=True)
+    return z * rng.uniform(0.1, 3.0, (*shape[:-1], 1)) + rng.standard_normal((*shape[:-1], 1))
+
+
+@pytest.mark.parametrize("spread", [1e-2, 3e-3, 1e-3])
+def test_layernorm_gradients_nearly_constant_rows(spread):
+    """Rows whose variance is comparable to the layer's eps = 1e-5, where eps
+    matters: checked with a finite-difference step far below the spread."""
+    rng = np.random.default_rng(int(1 / spread))
+    x = 0.7 + spread * rng.standard_normal((2, 3, 5))
+    inputs = {"x": x, "w": rng.standard_normal(5), "b": rng.standard_normal(5)}
+    report = gradcheck.check_layer(layernorm.forward, layernorm.backward, inputs, name="layernorm", eps=spread * 1e-3)
+    assert_gradcheck(report, 3)
+
+
 @GRAD_SETTINGS
 @given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), scale=st.sampled_from([0.5, 2.0, 4.0]))
 def test_gelu_gradients(seed, shape, scale):
-    x = np.random.default_rng(seed).standard_normal(shape) * scale  # scale 4 reaches both tails
+    # Inputs within [-5, 5].  Below about -6, GPT-2's 0.5 x (1 + tanh u) cancels
+    # in 1 + tanh(u) ~ 1e-13 and the forward itself has no significant digits
+    # left, so no finite difference can check a relative error there; the
+    # tails get their own (absolute) test below.
+    x = np.clip(np.random.default_rng(seed).standard_normal(shape) * scale, -5.0, 5.0)
     report = gradcheck.check_layer(gelu.forward, gelu.backward, {"x": x}, name="gelu", seed=seed)
     assert_gradcheck(report, 1)
 
@@ -118,6 +151,16 @@ def test_embedding_gradients(seed, B, T, V, C, extra_positions):
 
 
 # ----------------------------------------------------- forward values by hand
+def test_gelu_tails():
+    """Far from 0, GELU is 0 (left) or the identity (right), and so is its slope."""
+    x = np.array([-12.0, -9.0, -7.0, 7.0, 9.0, 12.0])
+    out, cache = gelu.forward(x)
+    dx = gelu.backward(np.ones_like(x), cache)
+    assert np.all(np.abs(out[:3]) < 1e-9) and np.all(np.abs(dx[:3]) < 1e-9)
+    np.testing.assert_allclose(out[3:], x[3:], rtol=1e-12)
+    np.testing.assert_allclose(dx[3:], 1.0, rtol=1e-9)
+
+
 @VALUE_SETTINGS
 @given(seed=seeds, B=batches, T=times, n_head=st.integers(1, 3), head_size=st.integers(1, 3))
 def test_attention_forward_matches_per_head_loop(seed, B, T, n_head, head_size):
