@@ -33,7 +33,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     dtype: str = "float32"
-    backend: str = "numpy"
+    backend: str = "numba"  # npgpt.kernels; "numpy" runs the reference layers
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):

@@ -1,0 +1,56 @@
+"""AdamW update and gradient norm over one flat parameter buffer.
+
+Reference: npgpt/optim.py (NumPy versions of the same two functions).
+Every parameter lives in one flat array (model.flat_params), so the whole
+optimizer step is a single fused pass that reads param, grad, m, v and the
+decay mask once and writes param, m, v once, instead of a dozen NumPy
+passes with their temporaries.  At GPT-2 size that is 124M elements: the
+update is memory-bound, and passes are what cost.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _adamw(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
+    one = param.dtype.type(1)
+    for i in prange(param.size):
+        g = grad[i]
+        m[i] = beta1 * m[i] + (one - beta1) * g
+        v[i] = beta2 * v[i] + (one - beta2) * g * g
+        p = param[i] - lr * weight_decay * decay[i] * param[i]  # decoupled weight decay
+        param[i] = p - lr * (m[i] / bias1) / (np.sqrt(v[i] / bias2) + eps)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _sum_squares(a):
+    total = 0.0  # float64: 124M float32 squares would lose digits in float32
+    for i in prange(a.size):
+        x = np.float64(a[i])
+        total += x * x
+    return total
+
+
+def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step, in place, over flat 1-D arrays of equal size.
+
+    param, grad, m, v (n,); decay (n,) 1.0 where weight decay applies, 0.0
+    elsewhere; step counts from 1 (for the bias corrections).
+        m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+        param -= lr * weight_decay * decay * param            (decoupled)
+        param -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
+    """
+    if not (param.shape == grad.shape == m.shape == v.shape == decay.shape and param.ndim == 1):
+        raise ValueError("adamw_step needs flat 1-D arrays of one size")
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    T = param.dtype.type  # scalars in the parameters' type: no float64 promotion
+    _adamw(param, grad, m, v, decay, T(lr), T(beta1), T(beta2), T(eps), T(weight_decay),
+           T(1.0 - beta1 ** step), T(1.0 - beta2 ** step))
+
+
+def global_norm(grad):
+    """grad (n,) -> sqrt(sum(grad**2)) as a Python float, accumulated in float64."""
+    return math.sqrt(_sum_squares(np.ascontiguousarray(grad).reshape(-1)))
