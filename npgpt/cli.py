@@ -15,6 +15,7 @@ from .errors import UserError
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS = {
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
+    "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
 }
 
 

@@ -360,7 +360,8 @@ class BPETokenizer:
             if found:
                 raise UserError(
                     f"the text contains the special token {found.group()!r} (at character {found.start()}); "
-                    f"pass allowed_special={{{found.group()!r}}} to encode it as a special token, "
+                    f"pass allowed_special={{{found.group()!r}}} (npgpt tokenizer encode --allow-special) to encode it "
+                    "as a special token, "
                     "or disallowed_special=() to encode it as ordinary text")
         if not allowed:
             return self.encode_ordinary(text)
@@ -427,7 +428,7 @@ class BPETokenizer:
         d = self.to_dict()
         head = {k: v for k, v in d.items() if k != "merges"}
         lines = json.dumps(head, ensure_ascii=False, indent=1)[:-2]  # reopen the object to add merges last
-        body = ",\n".join(json.dumps(m, ensure_ascii=False) for m in d["merges"])
+        body = ",\n".join("  " + json.dumps(m, ensure_ascii=False) for m in d["merges"])
         _write_atomically(path, f"{lines},\n \"merges\": [\n{body}\n ]\n}}\n")
 
     @classmethod
