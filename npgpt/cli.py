@@ -14,6 +14,9 @@ from .errors import UserError
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS = {
+    "train": ("npgpt.train", "train a GPT (default: a character model on the bundled Tiny Shakespeare)"),
+    "sample": ("npgpt.generate", "generate text from a checkpoint, streamed as it is sampled"),
+    "eval": ("npgpt.evaluate", "loss, perplexity and bits per character of a checkpoint"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
 }

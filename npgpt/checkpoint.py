@@ -1,0 +1,263 @@
+"""Checkpoints: a directory of safetensors and JSON files, saved atomically, no pickle.
+
+Layout of a training output directory OUT:
+
+    OUT/checkpoint.json        the pointer: which snapshot is current, with each file's sha256
+    OUT/ckpt-0002000/          the current snapshot
+        model.safetensors      weights, GPT-2's Hugging Face names
+        optimizer.safetensors  AdamW moments m, v (flat)
+        config.json            the GPTConfig
+        tokenizer.json         the tokenizer's to_dict()
+        state.json             iteration, RNG states, schedule state, training settings
+    OUT/metrics.jsonl          (written by the trainer)
+
+A save writes a new snapshot into a hidden staging directory, renames it
+into place, and only then replaces checkpoint.json (temp file +
+os.replace, both atomic on POSIX).  A crash at any point leaves
+checkpoint.json naming the previous, complete snapshot; leftovers are
+removed by the next save.  Loading checks every file's hash, so a
+truncated or edited file is reported instead of half-loaded.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import safetensors.numpy
+
+from .errors import UserError
+from .model import GPT, GPTConfig
+
+POINTER = "checkpoint.json"
+FORMAT = "npgpt-checkpoint"
+VERSION = 1
+SNAPSHOT_RE = re.compile(r"^ckpt-\d{7}(-\d+)?$")
+STAGING_PREFIX = ".saving-"
+
+
+@dataclass
+class Checkpoint:
+    """Everything a snapshot holds, loaded into memory."""
+
+    path: str  # the snapshot directory
+    config: dict  # GPTConfig fields
+    params: dict  # {name: array}
+    tokenizer: dict
+    optimizer: dict  # {"m": (N,), "v": (N,)} or {} when saved without
+    state: dict  # JSON training state
+
+    @property
+    def iteration(self):
+        return int(self.state.get("iter", 0))
+
+
+# ------------------------------------------------------------------ writing
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path, data):
+    """Write data to path so that readers see the old file or the new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _json_bytes(obj):
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _write_file(directory, name, data, hashes):
+    with open(os.path.join(directory, name), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    hashes[name] = hashlib.sha256(data).hexdigest()
+
+
+def _new_snapshot_name(out_dir, iteration):
+    name, n = f"ckpt-{iteration:07d}", 1
+    while os.path.exists(os.path.join(out_dir, name)):
+        name, n = f"ckpt-{iteration:07d}-{n}", n + 1
+    return name
+
+
+def read_pointer(out_dir):
+    """The parsed checkpoint.json of out_dir, or None when there is none."""
+    path = os.path.join(out_dir, POINTER)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            pointer = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"corrupt checkpoint: cannot read {path} ({e})") from None
+    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT or not isinstance(pointer.get("files"), dict):
+        raise UserError(f"corrupt checkpoint: {path} is not an npgpt checkpoint pointer")
+    if not SNAPSHOT_RE.match(str(pointer.get("snapshot", ""))):
+        raise UserError(f"corrupt checkpoint: {path} names no valid snapshot")
+    return pointer
+
+
+def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
+    """Save a snapshot of model (+ optimizer moments and training state) into out_dir atomically.
+
+    state: a JSON-serialisable dict (iteration, RNG states, ...).
+    Returns the snapshot directory.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    old = read_pointer(out_dir)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        hashes = {}
+        _write_file(staging, "model.safetensors", safetensors.numpy.save(dict(model.params)), hashes)
+        if optimizer_arrays:
+            _write_file(staging, "optimizer.safetensors", safetensors.numpy.save(dict(optimizer_arrays)), hashes)
+        _write_file(staging, "config.json", _json_bytes(model.config.to_dict()), hashes)
+        _write_file(staging, "tokenizer.json", _json_bytes(tokenizer.to_dict()), hashes)
+        _write_file(staging, "state.json", _json_bytes(state), hashes)
+        _fsync_dir(staging)
+        name = _new_snapshot_name(out_dir, int(state.get("iter", 0)))
+        os.rename(staging, os.path.join(out_dir, name))  # atomic: the snapshot appears complete
+        _fsync_dir(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
+               "files": hashes}
+    atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
+    _remove_stale(out_dir, keep=name)
+    return os.path.join(out_dir, name)
+
+
+def _remove_stale(out_dir, keep):
+    """Delete snapshots and staging leftovers other than `keep` (only names this module creates)."""
+    for entry in os.listdir(out_dir):
+        if entry != keep and (SNAPSHOT_RE.match(entry) or entry.startswith(STAGING_PREFIX)):
+            shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
+
+
+# ------------------------------------------------------------------ reading
+def _read_verified(snapshot, name, hashes):
+    path = os.path.join(snapshot, name)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"corrupt checkpoint: cannot read {path} ({e.strerror or e})") from None
+    if hashlib.sha256(data).hexdigest() != hashes.get(name):
+        raise UserError(f"corrupt checkpoint: {path} does not match its recorded sha256 (truncated or modified)")
+    return data
+
+
+def _load_json(data, path):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"corrupt checkpoint: {path} is not valid JSON ({e})") from None
+
+
+def _load_tensors(data, path):
+    try:
+        return safetensors.numpy.load(data)
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise UserError(f"corrupt checkpoint: {path} is not a valid safetensors file ({e})") from None
+
+
+def load(out_dir):
+    """Read the current snapshot of out_dir (a training output directory) into a Checkpoint."""
+    if not os.path.exists(out_dir):
+        raise UserError(f"no checkpoint at {out_dir}: directory not found")
+    if not os.path.isdir(out_dir):
+        raise UserError(f"no checkpoint at {out_dir}: not a directory")
+    pointer = read_pointer(out_dir)
+    if pointer is None:
+        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (train with --out {out_dir} first)")
+    snapshot = os.path.join(out_dir, pointer["snapshot"])
+    if not os.path.isdir(snapshot):
+        raise UserError(f"corrupt checkpoint: snapshot directory {snapshot} is missing")
+    hashes = pointer["files"]
+    for required in ("model.safetensors", "config.json", "tokenizer.json", "state.json"):
+        if required not in hashes:
+            raise UserError(f"corrupt checkpoint: {POINTER} lists no {required}")
+
+    def read(name):
+        return _read_verified(snapshot, name, hashes)
+
+    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"))
+    tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"))
+    state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"))
+    params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))
+    optimizer = {}
+    if "optimizer.safetensors" in hashes:
+        optimizer = _load_tensors(read("optimizer.safetensors"), os.path.join(snapshot, "optimizer.safetensors"))
+    return Checkpoint(snapshot, config, params, tokenizer, optimizer, state)
+
+
+def config_from(ckpt, **overrides):
+    """The checkpoint's GPTConfig, with run-time fields (dropout, backend) optionally changed."""
+    fields = dict(ckpt.config)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return GPTConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"corrupt checkpoint: bad model config in {ckpt.path} ({e})") from None
+
+
+def build_model(ckpt, **overrides):
+    """A GPT holding the checkpoint's weights; overrides as in config_from."""
+    model = GPT(config_from(ckpt, **overrides))
+    expected = model.shapes
+    if set(ckpt.params) != set(expected):
+        missing = sorted(set(expected) - set(ckpt.params))
+        extra = sorted(set(ckpt.params) - set(expected))
+        raise UserError(f"corrupt checkpoint: {ckpt.path} weights do not match its config "
+                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, p in model.params.items():
+        w = ckpt.params[name]
+        if w.shape != p.shape:
+            raise UserError(f"corrupt checkpoint: {name} has shape {w.shape}, config says {p.shape}")
+        p[...] = w  # into the flat buffer's view: keeps the layout the optimizer relies on
+    return model
+
+
+def load_model(out_dir, backend=None):
+    """(model, tokenizer, checkpoint) for sampling and evaluation."""
+    from .tokenizers import from_dict
+
+    ckpt = load(out_dir)
+    model = build_model(ckpt, backend=backend)
+    try:
+        tokenizer = from_dict(ckpt.tokenizer)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"corrupt checkpoint: bad tokenizer in {ckpt.path} ({e})") from None
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"corrupt checkpoint: tokenizer has {tokenizer.vocab_size} tokens, "
+                        f"model expects {model.config.vocab_size}")
+    return model, tokenizer, ckpt

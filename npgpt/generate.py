@@ -1,0 +1,248 @@
+"""Sampling from a trained model, with a KV cache, and `npgpt sample`.
+
+    for token in generate(model, prompt_ids, 500, rng, temperature=0.8, top_k=200):
+        ...   # one id at a time, as soon as it is drawn
+
+Without a cache every new token re-runs the model over the whole context.
+With it, each layer keeps the keys and values of the positions it has
+already seen (KVCache), so a new token runs the model over one position
+and attends to the stored keys: the result is the same, the cost per token
+is one position instead of T.
+
+GPT-2's positions are learned and absolute, so a context longer than
+block_size cannot simply slide by one: when it is full, the cache keeps
+the last block_size // 2 tokens and recomputes them once (`window_start`),
+which costs about one position per generated token on average.  The
+uncached path uses the same window, so both give the same tokens.
+"""
+import math
+import sys
+
+import numpy as np
+
+from . import layers
+from .errors import UserError
+from .layers.attention import merge_heads, split_heads
+
+
+# ------------------------------------------------------------------ the cache
+class KVCache:
+    """Keys and values per layer: k[i], v[i] each (B, nh, block_size, hs); `length` positions filled."""
+
+    def __init__(self, config, batch_size, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)
+        self.k = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.v = [np.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.length = 0
+
+
+def cached_attention(qkv, n_head, k_cache, v_cache, pos):
+    """Causal attention of t new positions against everything cached so far.
+
+    qkv: (B, t, 3C) for positions pos..pos+t-1; k_cache, v_cache:
+    (B, nh, Tmax, hs), written in place at those positions.
+    Returns (B, t, C).  New query i (absolute position pos+i) sees keys
+    0..pos+i: the same mask as layers.attention, shifted by pos.
+    """
+    q, k, v = split_heads(qkv, n_head)  # each (B, nh, t, hs)
+    t = q.shape[2]
+    end = pos + t
+    k_cache[:, :, pos:end] = k
+    v_cache[:, :, pos:end] = v
+    keys, values = k_cache[:, :, :end], v_cache[:, :, :end]  # (B, nh, end, hs)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ keys.transpose(0, 1, 3, 2)) * scale  # (B, nh, t, end)
+    future = np.arange(end)[None, :] > (pos + np.arange(t))[:, None]  # (t, end) True where key is ahead
+    scores = np.where(future, -np.inf, scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return merge_heads(probs @ values)  # (B, nh, t, hs) -> (B, t, C)
+
+
+def forward_cached(model, idx, cache):
+    """idx (B, t) new tokens -> logits (B, t, V), extending cache by t positions.
+
+    The same computation as model.logits, block by block with the
+    reference layers, except that attention reads earlier positions from
+    the cache instead of recomputing them.
+    """
+    P, cfg = model.params, model.config
+    pos = cache.length
+    t = idx.shape[1]
+    if pos + t > cfg.block_size:
+        raise ValueError(f"KV cache holds {cfg.block_size} positions; cannot add {t} after {pos}")
+    x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
+    for i in range(cfg.n_layer):
+        pre = f"h.{i}."
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
+        qkv, _ = layers.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, t, 3C)
+        a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
+        a, _ = layers.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
+        x = x + a
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
+        h, _ = layers.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, t, 4C)
+        h, _ = layers.gelu.forward(h)
+        h, _ = layers.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))
+        x = x + h
+    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+    cache.length = pos + t
+    return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
+
+
+# ------------------------------------------------------------------ sampling
+def window_start(start, n_tokens, block_size):
+    """Where the model's context begins once the sequence holds n_tokens.
+
+    Unchanged while the context fits; when it would exceed block_size it
+    jumps forward to keep the last block_size // 2 tokens (at least one).
+    """
+    if n_tokens - start <= block_size:
+        return start
+    return n_tokens - max(block_size // 2, 1)
+
+
+def sample_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
+    """logits (V,) -> one token id drawn from softmax(logits / temperature).
+
+    temperature 0 picks the most likely token.  top_k keeps the k most
+    likely tokens; top_p keeps the smallest set of most likely tokens whose
+    probability reaches p.  Exactly one uniform draw from rng per call
+    (none when greedy), so a seed fixes the whole sample.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size:
+        kth = np.partition(logits, -top_k)[-top_k]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")  # most likely first
+    sorted_probs = probs[order]
+    if top_p is not None and top_p < 1.0:
+        before = np.cumsum(sorted_probs) - sorted_probs  # mass of the tokens ranked above each one
+        sorted_probs = np.where(before < top_p, sorted_probs, 0.0)  # the first token always stays
+    cdf = np.cumsum(sorted_probs)
+    u = rng.random() * cdf[-1]
+    return int(order[min(np.searchsorted(cdf, u, side="right"), order.size - 1)])
+
+
+def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Yield max_new_tokens token ids continuing prompt_ids (a non-empty list of ids)."""
+    tokens = [int(i) for i in prompt_ids]
+    if not tokens:
+        raise ValueError("generation needs a prompt of at least one token")
+    block_size = model.config.block_size
+    start = max(0, len(tokens) - block_size)
+    cache = KVCache(model.config, 1, model.dtype) if use_cache else None
+    for _ in range(max_new_tokens):
+        new_start = window_start(start, len(tokens), block_size)
+        if use_cache:
+            if new_start != start or cache.length == 0:  # (re)fill the cache with the whole window
+                cache.length = 0
+                logits = forward_cached(model, np.array([tokens[new_start:]]), cache)
+            else:  # one new position
+                logits = forward_cached(model, np.array([tokens[-1:]]), cache)
+        else:
+            logits = model.logits(np.array([tokens[new_start:]]))
+        start = new_start
+        token = sample_token(logits[0, -1], rng, temperature, top_k, top_p)
+        tokens.append(token)
+        yield token
+
+
+# ------------------------------------------------------------------ streaming
+def stream_text(tokenizer, prompt_ids, token_iter, write):
+    """Decode tokens as they arrive and write only the new text.
+
+    Decoding the whole sequence each time is what makes multi-byte
+    characters split across BPE tokens come out right; a trailing U+FFFD
+    (an incomplete character) is held back until its bytes arrive.
+    Returns the generated text.
+    """
+    ids = list(prompt_ids)
+    shown = len(tokenizer.decode(ids))
+    for token in token_iter:
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        ready = text.rstrip("\ufffd")
+        if len(ready) > shown:
+            write(ready[shown:])
+            shown = len(ready)
+    text = tokenizer.decode(ids)
+    if len(text) > shown:
+        write(text[shown:])
+    return text[len(tokenizer.decode(list(prompt_ids))):]
+
+
+# ------------------------------------------------------------------ the command
+def add_arguments(parser):
+    parser.add_argument("--ckpt", default="out", help="training output directory to sample from (default: out)")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 = all (default: 200)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass (default: 1.0 = off)")
+    parser.add_argument("--num-samples", type=int, default=1, help="how many samples (default: 1)")
+    parser.add_argument("--seed", type=int, default=1337, help="random seed; the same seed gives the same text (default: 1337)")
+
+
+def check_sampling_args(args):
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+
+
+def encode_prompt(tokenizer, prompt):
+    """prompt -> ids, with a one-line error naming characters the vocabulary lacks."""
+    if prompt == "":
+        raise UserError("--prompt is empty; give at least one character (the default is a newline)")
+    try:
+        return tokenizer.encode(prompt)
+    except ValueError as e:
+        raise UserError(f"--prompt cannot be encoded: {e}") from None
+
+
+def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, seed, temperature, top_k, top_p,
+                  out=sys.stdout):
+    """Stream num_samples samples to out, separated by a rule; returns their texts."""
+    rng = np.random.default_rng(seed)
+    prompt_text = tokenizer.decode(prompt_ids)
+    texts = []
+    for i in range(num_samples):
+        if i:
+            out.write("\n---------------\n")
+        out.write(prompt_text)
+        out.flush()
+
+        def write(s):
+            out.write(s)
+            out.flush()
+
+        tokens = generate(model, prompt_ids, max_new_tokens, rng, temperature, top_k or None, top_p)
+        texts.append(stream_text(tokenizer, prompt_ids, tokens, write))
+    out.write("\n")
+    out.flush()
+    return texts
+
+
+def run(args):
+    from .checkpoint import load_model
+
+    check_sampling_args(args)
+    # generation runs the reference layers (with the KV cache) whatever the training backend was
+    model, tokenizer, _ = load_model(args.ckpt, backend="numpy")
+    prompt_ids = encode_prompt(tokenizer, args.prompt)
+    print_samples(model, tokenizer, prompt_ids, args.num_samples, args.max_new_tokens, args.seed,
+                  args.temperature, args.top_k, args.top_p)
+    return 0
