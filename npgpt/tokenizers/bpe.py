@@ -449,8 +449,9 @@ class BPETokenizer:
     def save_gpt2(self, directory):
         """Write GPT-2's two files, `encoder.json` (token -> id) and `vocab.bpe`
         (the merges, one per line), into `directory`.  tiktoken's loader
-        (`data_gym_to_mergeable_bpe_ranks`) and Hugging Face (as vocab.json +
-        merges.txt) read them; the split pattern is not stored, as in GPT-2."""
+        (`data_gym_to_mergeable_bpe_ranks`) reads them; Hugging Face's
+        vocab.json + merges.txt have the same format.  The split pattern is
+        not stored, as in GPT-2."""
         os.makedirs(directory, exist_ok=True)
         encoder = {token_to_str(token): i for token, i in sorted(self._ranks.items(), key=lambda kv: kv[1])}
         encoder.update(self.special_tokens)
