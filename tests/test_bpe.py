@@ -395,3 +395,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(BYTE_ID[ord("a")]), "257"]
     assert main(["tokenizer", "decode", "-t", str(out), "1", "x"]) == 2
     assert "not a token id: 'x'" in capsys.readouterr().err
+
+
+# ---- npgpt train --tokenizer bpe ---------------------------------------------
+
+def test_npgpt_train_with_a_bpe_tokenizer(tmp_path, capsys):
+    """A tiny model on BPE tokens: the tokenizer is learned on the training split,
+    saved in the checkpoint, and sampling decodes with it."""
+    from npgpt import checkpoint, data
+
+    text = CORPUS[:20000]
+    (tmp_path / "corpus.txt").write_text(text, "utf-8")
+    out = tmp_path / "out"
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--eval-iters", "2", "--eval-interval", "3", "--warmup-iters", "1", "--backend", "numpy",
+            "--sample-tokens", "0", "--no-progress", "--max-iters", "6"]
+    assert main(["train", *tiny, "--data", str(tmp_path / "corpus.txt"), "--out", str(out),
+                 "--tokenizer", "bpe", "--vocab-size", "300"]) == 0
+    model, tok, ckpt = checkpoint.load_model(str(out))
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == model.config.vocab_size == 300
+    assert ckpt.tokenizer["type"] == "bpe"
+    assert tok.merges == BPETokenizer.train(data.split_text(text)[0], 300).merges  # training split only
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(out), "--prompt", "First", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    assert "First" in capsys.readouterr().out
