@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import npgpt.tokenizers
+import npgpt.train  # noqa: F401  imported here, not first inside a capsys test: Trainer binds sys.stdout at import
 from npgpt.cli import main
 from npgpt.errors import UserError
 from npgpt.tokenizers.bpe import (BYTE_ID, BYTE_ORDER, ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer, bpe,
