@@ -133,27 +133,21 @@ def bpe(piece: bytes, ranks: dict) -> list:
         if j < n:
             rank = ranks.get(piece[i:end[j]])
             if rank is not None:
-                heap.append((rank, i, end[j]))
+                heapq.heappush(heap, (rank, i, end[j]))
 
     for i in range(n - 1):
         push(i)
-    heapq.heapify(heap)
     while heap:
         _, i, stop = heapq.heappop(heap)
         if not alive[i] or end[i] >= n or end[end[i]] != stop:
             continue  # stale: one of the two parts has changed since
-        j = end[i]
-        alive[j] = False
+        alive[end[i]] = False  # the right part joins the left one
         end[i] = stop
         if stop < n:
             prev[stop] = i
-        for k in (prev[i], i):  # the two merges that now involve the new part
-            if k >= 0:
-                j = end[k]
-                if j < n:
-                    rank = ranks.get(piece[k:end[j]])
-                    if rank is not None:
-                        heapq.heappush(heap, (rank, k, end[j]))
+        if prev[i] >= 0:
+            push(prev[i])  # the new part with its left neighbour
+        push(i)            # and with its right one
     return [ranks[piece[i:end[i]]] for i in range(n) if alive[i]]
 
 
