@@ -22,10 +22,10 @@ import numpy as np
 DEFAULT_EPS = 1e-3  # see docs/gradcheck.md
 DEFAULT_TOL = 1e-6
 TINY = 1e-12  # floor of the relative error's denominator, so 0 vs 0 counts as exact
-# A gradient entry 100,000 times smaller than its tensor's largest (GELU's
-# slope near x = -0.75 is such a point) is dominated by the differences' rounding
-# noise; such entries are judged against this fraction of the largest instead
-# of their own size.
+# A gradient entry 100,000 times smaller than the largest gradient in the
+# check (GELU's slope near x = -0.75, attention's key bias, which gets exactly
+# zero) is dominated by the differences' rounding noise; such entries are
+# judged against this fraction of the largest instead of their own size.
 NOISE_FLOOR = 1e-5
 
 
