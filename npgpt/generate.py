@@ -214,8 +214,9 @@ def encode_prompt(tokenizer, prompt):
 
 
 def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, seed, temperature, top_k, top_p,
-                  out=sys.stdout):
-    """Stream num_samples samples to out, separated by a rule; returns their texts."""
+                  out=None):
+    """Stream num_samples samples to out (default: stdout), separated by a rule; returns their texts."""
+    out = out or sys.stdout
     rng = np.random.default_rng(seed)
     prompt_text = tokenizer.decode(prompt_ids)
     texts = []

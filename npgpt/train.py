@@ -286,8 +286,8 @@ def estimate_loss(model, tokens, batch_size, block_size, n_batches, rng):
 class Trainer:
     """Model, optimizer, schedule, data and RNGs of one run, and the loop that advances them."""
 
-    def __init__(self, cfg, ckpt=None, progress=True, out=sys.stdout):
-        self.cfg, self.progress, self.out = cfg, progress, out
+    def __init__(self, cfg, ckpt=None, progress=True, out=None):
+        self.cfg, self.progress, self.out = cfg, progress, out or sys.stdout
         text = data.load_text(cfg.data)
         if ckpt is None:
             self.tokenizer = data.build_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
@@ -387,6 +387,7 @@ class Trainer:
         from tqdm import tqdm
 
         tqdm.write(line, file=self.out)
+        self.out.flush()  # a log file should show each evaluation as it happens
 
     def append_metrics(self, record):
         with open(os.path.join(self.cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
