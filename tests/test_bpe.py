@@ -13,7 +13,7 @@ import npgpt.train  # noqa: F401  imported here, not first inside a capsys test:
 from npgpt.cli import main
 from npgpt.errors import UserError
 from npgpt.tokenizers.bpe import (BYTE_ID, BYTE_ORDER, ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer, bpe,
-                                  bytes_to_unicode, learn_merges, merge, pair_counts)
+                                  SpecialTokenError, bytes_to_unicode, learn_merges, merge, pair_counts)
 
 CORPUS = importlib.resources.files("npgpt").joinpath("corpora", "tinyshakespeare.txt").read_text("utf-8")
 # Shakespeare is ASCII: add some multi-byte text so that merges inside UTF-8 sequences get learned too.
@@ -199,8 +199,10 @@ def test_decode_inverts_encode(tok, s):
 
 def test_special_tokens_are_refused_by_default(tok, enc):
     text = "the end<|endoftext|>a new start"
-    with pytest.raises(UserError, match=r"special token '<\|endoftext\|>'.*allowed_special"):
+    with pytest.raises(SpecialTokenError, match=r"special token '<\|endoftext\|>'.*allowed_special") as refused:
         tok.encode(text)
+    assert (refused.value.token, refused.value.position) == (ENDOFTEXT, 7)
+    assert isinstance(refused.value, UserError)
     with pytest.raises(ValueError):  # tiktoken refuses it too
         enc.encode(text)
 

@@ -39,6 +39,18 @@ FORMAT_VERSION = 1
 _CACHE_LIMIT = 200_000  # chunks remembered by encode before the cache is cleared
 
 
+class SpecialTokenError(UserError):
+    """Text given to `encode` holds a special token that was not allowed.
+
+    `token` and `position` (a character index) say which and where, so a
+    caller can word its own advice."""
+
+    def __init__(self, message, token, position):
+        super().__init__(message)
+        self.token = token
+        self.position = position
+
+
 def _gpt2_byte_order():
     """GPT-2's order of the 256 bytes: printable ones first, then the rest."""
     printable = [b for b in range(256) if chr(b).isprintable() and b != ord(" ")]
@@ -352,11 +364,11 @@ class BPETokenizer:
         if disallowed:
             found = regex.search(_alternation(disallowed), text)
             if found:
-                raise UserError(
+                raise SpecialTokenError(
                     f"the text contains the special token {found.group()!r} (at character {found.start()}); "
                     f"pass allowed_special={{{found.group()!r}}} (npgpt tokenizer encode --allow-special) to encode it "
                     "as a special token, "
-                    "or disallowed_special=() to encode it as ordinary text")
+                    "or disallowed_special=() to encode it as ordinary text", found.group(), found.start())
         if not allowed:
             return self.encode_ordinary(text)
         ids = []
