@@ -2,6 +2,7 @@
 import importlib.resources
 import json
 
+import numpy as np
 import pytest
 import tiktoken
 import tiktoken.load
@@ -364,6 +365,15 @@ def test_decode_unknown_id(tok):
         tok.decode([1, 700])
     with pytest.raises(UserError, match="unknown token id -1"):
         tok.decode([-1])
+    with pytest.raises(UserError, match=r"unknown token id 5000 \(this tokenizer has ids 0..699\)"):
+        tok.decode(np.array([3, 5000]))
+    with pytest.raises(UserError, match="unknown token id 'x'"):
+        tok.decode([3, "x"])
+
+
+def test_decode_accepts_numpy_ids(tok):
+    ids = tok.encode("To be, or not to be")
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == tok.decode(np.array(ids)) == "To be, or not to be"
 
 
 # ---- command line ------------------------------------------------------------

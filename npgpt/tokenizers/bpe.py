@@ -23,6 +23,7 @@ rank, as in tiktoken, so `mergeable_ranks()` can be handed to
 """
 import heapq
 import json
+import numbers
 import os
 from collections import Counter
 
@@ -394,7 +395,8 @@ class BPETokenizer:
             return b"".join(decoder[i] for i in ids)
         except (KeyError, TypeError):
             bad = next(i for i in ids if not _hashable(i) or i not in decoder)
-            raise UserError(f"unknown token id {bad!r} (this tokenizer has ids 0..{self.vocab_size - 1})") from None
+            shown = int(bad) if isinstance(bad, numbers.Integral) else repr(bad)
+            raise UserError(f"unknown token id {shown} (this tokenizer has ids 0..{self.vocab_size - 1})") from None
 
     def decode(self, ids):
         """ids -> str.  A cut through a multi-byte character (possible when
