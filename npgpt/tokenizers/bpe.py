@@ -306,12 +306,12 @@ class BPETokenizer:
         split = regex.compile(pattern)
         parts = [text]
         if special_tokens:
-            parts = regex.split("|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)), text)
+            parts = regex.split(_alternation(special_tokens), text)
         counts = Counter()
         for part in parts:
             counts.update(split.findall(part))
         byte_id = BYTE_ID
-        return {tuple(byte_id[b] for b in _utf8(chunk)): n for chunk, n in counts.items()}
+        return {tuple(byte_id[b] for b in chunk.encode("utf-8")): n for chunk, n in counts.items()}
 
     # ---- the tokenizer interface -------------------------------------------
 
@@ -508,10 +508,6 @@ class BPETokenizer:
     def __repr__(self):
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
-
-
-def _utf8(s):
-    return s.encode("utf-8")
 
 
 def _replace_surrogates(text):
