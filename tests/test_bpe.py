@@ -164,6 +164,19 @@ def test_encode_equals_tiktoken(tok, enc, s):
     assert tok.encode(s) == enc.encode(s)
 
 
+with_specials = st.lists(st.one_of(st.sampled_from(PIECES + [ENDOFTEXT, "<|pad|>", "<|endoftext", "|>"]),
+                                   st.text(max_size=3)), max_size=30).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(with_specials)
+def test_special_token_handling_equals_tiktoken(tok, enc, s):
+    for kwargs in ({"allowed_special": "all"}, {"disallowed_special": ()},
+                   {"allowed_special": {"<|pad|>"}, "disallowed_special": ()}):
+        assert tok.encode(s, **kwargs) == enc.encode(s, **kwargs)
+    assert tok.decode(tok.encode(s, allowed_special="all")) == s
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(alphabet=st.characters(exclude_categories=()), max_size=30))
 def test_lone_surrogates_are_replaced_like_tiktoken(tok, enc, s):
