@@ -20,58 +20,80 @@ import math
 import numpy as np
 from numba import njit, prange
 
-QUERY_BLOCK = 16  # forward: queries per parallel task (more tasks balance the causal triangle)
+@njit(inline="always")
+def _gather_head(qkv, b, col, factor, out):
+    """out (T, hs) <- qkv[b, :, col : col + hs] * factor: one head's q, k or v, contiguous."""
+    T, hs = out.shape
+    for t in range(T):
+        for d in range(hs):
+            out[t, d] = qkv[b, t, col + d] * factor
+
+
+@njit(inline="always")
+def _gather_head_transposed(qkv, b, col, out):
+    """out (hs, T) <- qkv[b, :, col : col + hs].T, so a score row is a contiguous sweep."""
+    hs, T = out.shape
+    for t in range(T):
+        for d in range(hs):
+            out[d, t] = qkv[b, t, col + d]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _forward(qkv, n_head, scale, out, lse):
-    """qkv (B, T, 3C) -> fills out (B, T, C) and lse (B, nh, T)."""
+    """qkv (B, T, 3C) -> fills out (B, T, C) and lse (B, nh, T).
+
+    One task per (batch, head).  Its q (scaled), k^T and v are first copied
+    into small contiguous arrays, so that every inner loop below runs over
+    contiguous memory and compiles to SIMD instructions.
+    """
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    n_blocks = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
-    zero, one = qkv.dtype.type(0), qkv.dtype.type(1)  # typed constants: float32 stays float32
-    for task in prange(B * n_head * n_blocks):
-        b = task // (n_head * n_blocks)
-        h = (task // n_blocks) % n_head
-        blk = task % n_blocks
-        qo, ko, vo = h * hs, C + h * hs, 2 * C + h * hs  # column offsets of q, k, v
-        scores = np.empty(T, dtype=qkv.dtype)  # one query's row, reused
-        acc = np.empty(hs, dtype=qkv.dtype)
-        for t in range(blk * QUERY_BLOCK, min((blk + 1) * QUERY_BLOCK, T)):
-            # s[t2] = q_t . k_t2 * scale for the visible keys t2 <= t
-            mx = zero
-            for t2 in range(t + 1):
-                s = zero
-                for d in range(hs):
-                    s += qkv[b, t, qo + d] * qkv[b, t2, ko + d]
-                s *= scale
-                scores[t2] = s
-                if t2 == 0 or s > mx:
-                    mx = s
-            # softmax numerators and their sum; the max keeps exp from overflowing
-            total = zero
-            for t2 in range(t + 1):
-                e = np.exp(scores[t2] - mx)
-                scores[t2] = e
-                total += e
-            inv = one / total
-            # y_t = sum_t2 P[t, t2] v_t2
-            acc[:] = zero
-            for t2 in range(t + 1):
-                p = scores[t2] * inv
-                for d in range(hs):
-                    acc[d] += p * qkv[b, t2, vo + d]
+    dtype = qkv.dtype
+    zero, one = dtype.type(0), dtype.type(1)  # typed constants: float32 stays float32
+    for task in prange(B * n_head):
+        b, h = task // n_head, task % n_head
+        q = np.empty((T, hs), dtype=dtype)
+        kT = np.empty((hs, T), dtype=dtype)
+        v = np.empty((T, hs), dtype=dtype)
+        _gather_head(qkv, b, h * hs, scale, q)  # q * scale: then s = q . k
+        _gather_head_transposed(qkv, b, C + h * hs, kT)
+        _gather_head(qkv, b, 2 * C + h * hs, one, v)
+        s = np.empty(T, dtype=dtype)  # one query's scores, reused
+        y = np.empty(hs, dtype=dtype)
+        for t in range(T):
+            n = t + 1  # causal: query t sees keys 0..t
+            # s[t2] = q_t . k_t2, accumulated one channel at a time (contiguous in t2)
+            s[:n] = zero
             for d in range(hs):
-                out[b, t, qo + d] = acc[d]
+                qd = q[t, d]
+                for t2 in range(n):
+                    s[t2] += qd * kT[d, t2]
+            mx = s[0]  # a real score, not -inf (fastmath)
+            for t2 in range(1, n):
+                mx = max(mx, s[t2])
+            total = zero
+            for t2 in range(n):
+                e = np.exp(s[t2] - mx)  # <= 1: the max keeps exp from overflowing
+                s[t2] = e
+                total += e
+            # y_t = sum_t2 P[t, t2] v_t2 with P = e / total
+            y[:] = zero
+            for t2 in range(n):
+                p = s[t2]
+                for d in range(hs):
+                    y[d] += p * v[t2, d]
+            inv = one / total
+            for d in range(hs):
+                out[b, t, h * hs + d] = y[d] * inv
             lse[b, h, t] = mx + np.log(total)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
-    """dout (B, T, C) -> fills dqkv (B, T, 3C), which must start zeroed.
+    """dout (B, T, C) -> fills dqkv (B, T, 3C).
 
-    For each visible pair (t, t2), with P recomputed from lse:
+    For each visible pair (t, t2), with P recomputed from lse and s = q.k*scale:
         dP = dy_t . v_t2,   dS = P (dP - D_t),   D_t = dy_t . y_t (= rowsum(dP * P)),
         dq_t += dS k_t2 scale,  dk_t2 += dS q_t scale,  dv_t2 += P dy_t.
     One task per (batch, head): dk and dv of a key gather from every later
@@ -80,30 +102,55 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    zero = qkv.dtype.type(0)
+    dtype = qkv.dtype
+    zero, one = dtype.type(0), dtype.type(1)
     for task in prange(B * n_head):
         b, h = task // n_head, task % n_head
-        qo, ko, vo = h * hs, C + h * hs, 2 * C + h * hs
-        dq = np.empty(hs, dtype=qkv.dtype)
+        qs = np.empty((T, hs), dtype=dtype)  # q * scale
+        k = np.empty((T, hs), dtype=dtype)
+        kT = np.empty((hs, T), dtype=dtype)
+        vT = np.empty((hs, T), dtype=dtype)
+        dy = np.empty((T, hs), dtype=dtype)
+        _gather_head(qkv, b, h * hs, scale, qs)
+        _gather_head(qkv, b, C + h * hs, one, k)
+        _gather_head_transposed(qkv, b, C + h * hs, kT)
+        _gather_head_transposed(qkv, b, 2 * C + h * hs, vT)
+        _gather_head(dout, b, h * hs, one, dy)
+        dk = np.zeros((T, hs), dtype=dtype)
+        dv = np.zeros((T, hs), dtype=dtype)
+        s = np.empty(T, dtype=dtype)
+        dp = np.empty(T, dtype=dtype)
+        dq = np.empty(hs, dtype=dtype)
         for t in range(T):
+            n = t + 1
             D = zero
             for d in range(hs):
-                D += dout[b, t, qo + d] * out[b, t, qo + d]
-            dq[:] = zero
-            for t2 in range(t + 1):
-                s = zero
-                dp = zero
-                for d in range(hs):
-                    s += qkv[b, t, qo + d] * qkv[b, t2, ko + d]
-                    dp += dout[b, t, qo + d] * qkv[b, t2, vo + d]
-                p = np.exp(s * scale - lse[b, h, t])
-                ds = p * (dp - D) * scale
-                for d in range(hs):
-                    dq[d] += ds * qkv[b, t2, ko + d]
-                    dqkv[b, t2, ko + d] += ds * qkv[b, t, qo + d]
-                    dqkv[b, t2, vo + d] += p * dout[b, t, qo + d]
+                D += dy[t, d] * out[b, t, h * hs + d]
+            s[:n] = zero
+            dp[:n] = zero
             for d in range(hs):
-                dqkv[b, t, qo + d] = dq[d]
+                qd, dyd = qs[t, d], dy[t, d]
+                for t2 in range(n):
+                    s[t2] += qd * kT[d, t2]
+                    dp[t2] += dyd * vT[d, t2]
+            m = lse[b, h, t]
+            for t2 in range(n):
+                p = np.exp(s[t2] - m)  # P[t, t2], recomputed
+                s[t2] = p
+                dp[t2] = p * (dp[t2] - D)  # dS[t, t2]
+            dq[:] = zero
+            for t2 in range(n):
+                p, ds = s[t2], dp[t2]
+                for d in range(hs):
+                    dq[d] += ds * k[t2, d]
+                    dk[t2, d] += ds * qs[t, d]  # qs carries the scale dk needs
+                    dv[t2, d] += p * dy[t, d]
+            for d in range(hs):
+                dqkv[b, t, h * hs + d] = dq[d] * scale
+        for t in range(T):
+            for d in range(hs):
+                dqkv[b, t, C + h * hs + d] = dk[t, d]
+                dqkv[b, t, 2 * C + h * hs + d] = dv[t, d]
 
 
 def forward(qkv, n_head):
@@ -126,6 +173,6 @@ def forward(qkv, n_head):
 def backward(dout, cache):
     """dout (B, T, C) -> dqkv (B, T, 3C)."""
     qkv, out, lse, n_head, scale = cache
-    dqkv = np.zeros_like(qkv)
+    dqkv = np.empty_like(qkv)  # every element is written
     _backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, out, lse, n_head, scale, dqkv)
     return dqkv

@@ -12,56 +12,61 @@ from numba import njit, prange
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 CUBIC = 0.044715
+EXP_LIMIT = 80.0  # exp(80) ~ 5.5e34 fits float32 (max ~3.4e38)
 
 
 @njit(inline="always", fastmath=True)
-def _gelu(x, k, cubic, half, one):
-    return half * x * (one + np.tanh(k * (x + cubic * x * x * x)))
+def _sigmoid_2u(x, k2, cubic, one, limit):
+    """sigmoid(2u) = (1 + tanh u) / 2,  u = k (x + cubic x^3),  k2 = -2k.
+
+    The kernels use this identity instead of tanh: Numba compiles tanh to
+    one slow libm call per element, while exp is fast, and
+    gelu(x) = x * sigmoid(2u) has no cancellation.  The exponent is capped
+    so exp never overflows to inf (fastmath assumes no inf); at the cap
+    sigmoid is already 0 to within 1e-34.
+    """
+    z = min(k2 * (x + cubic * x * x * x), limit)
+    return one / (one + np.exp(z))
 
 
 @njit(inline="always", fastmath=True)
-def _gelu_slope(x, k, cubic, cubic3, half, one):
-    """d gelu / dx.  sech^2 u is written 1 - tanh^2 u: fastmath breaks 1/cosh^2 at large |u|."""
-    t = np.tanh(k * (x + cubic * x * x * x))
-    du_dx = k * (one + cubic3 * x * x)  # cubic3 = 3 * 0.044715
-    return half * (one + t) + half * x * (one - t * t) * du_dx
+def _gelu_slope(x, k2, cubic, cubic3, one, limit):
+    """d gelu / dx = 0.5 (1 + tanh u) + 0.5 x sech^2(u) du/dx.
+
+    With s = sigmoid(2u): 1 + tanh u = 2 s and sech^2 u = 1 - tanh^2 u =
+    4 s (1 - s), so the slope is s + 2 x s (1 - s) du/dx = s - x s (1 - s) k2 (1 + 3 cubic x^2):
+    no cosh, which fastmath breaks at large |u|.
+    """
+    s = _sigmoid_2u(x, k2, cubic, one, limit)
+    return s - x * s * (one - s) * k2 * (one + cubic3 * x * x)  # cubic3 = 3 * 0.044715
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _forward(x, b, has_bias, pre, out):
-    """x (N, D), b (D,) -> pre = x + b (N, D), out = gelu(pre) (N, D).  pre may be x."""
+def _forward(x, b, has_bias, out):
+    """x (N, D), b (D,) -> out = gelu(x + b) (N, D).  With has_bias, x becomes x + b in place."""
     N, D = x.shape
     T = x.dtype.type  # constants in x's type: float32 stays float32
-    k, cubic, half, one = T(SQRT_2_OVER_PI), T(CUBIC), T(0.5), T(1.0)
+    k2, cubic, one, limit = T(-2 * SQRT_2_OVER_PI), T(CUBIC), T(1.0), T(EXP_LIMIT)
     for r in prange(N):
         for c in range(D):
-            v = x[r, c] + b[c] if has_bias else x[r, c]
-            pre[r, c] = v
-            out[r, c] = _gelu(v, k, cubic, half, one)
+            v = x[r, c]
+            if has_bias:
+                v += b[c]
+                x[r, c] = v
+            out[r, c] = v * _sigmoid_2u(v, k2, cubic, one, limit)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _backward(dout, pre, dx):
-    """dout, pre (N, D) -> dx (N, D)."""
-    N, D = pre.shape
-    T = pre.dtype.type
-    k, cubic, cubic3, half, one = T(SQRT_2_OVER_PI), T(CUBIC), T(3.0 * CUBIC), T(0.5), T(1.0)
-    for r in prange(N):
-        for c in range(D):
-            dx[r, c] = dout[r, c] * _gelu_slope(pre[r, c], k, cubic, cubic3, half, one)
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _backward_bias(dout, pre, dx, db_part):
-    """As _backward, and db_part (n_chunks, D) gets each chunk of rows' sum of dx."""
+def _backward(dout, pre, dx, db_part):
+    """dout, pre (N, D) -> dx (N, D); db_part (n_chunks, D) gets each chunk of rows' sum of dx."""
     N, D = pre.shape
     n_chunks = db_part.shape[0]
     T = pre.dtype.type
-    k, cubic, cubic3, half, one = T(SQRT_2_OVER_PI), T(CUBIC), T(3.0 * CUBIC), T(0.5), T(1.0)
+    k2, cubic, cubic3, one, limit = T(-2 * SQRT_2_OVER_PI), T(CUBIC), T(3 * CUBIC), T(1.0), T(EXP_LIMIT)
     for ch in prange(n_chunks):
         for r in range(ch * N // n_chunks, (ch + 1) * N // n_chunks):
             for c in range(D):
-                g = dout[r, c] * _gelu_slope(pre[r, c], k, cubic, cubic3, half, one)
+                g = dout[r, c] * _gelu_slope(pre[r, c], k2, cubic, cubic3, one, limit)
                 dx[r, c] = g
                 db_part[ch, c] += g
 
@@ -71,11 +76,15 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
 
+def _chunks(N):
+    return max(1, min(N // 64, 8))  # row chunks: enough tasks for the threads, few partial sums
+
+
 def forward(x):
     """x (any shape) -> out (same shape), cache (x)."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    _forward(x2, x2[0], False, np.empty_like(x2), out)
+    _forward(x2, x2[0], False, out)  # x2[0]: an unused stand-in for the bias
     return out.reshape(np.shape(x)), x
 
 
@@ -83,7 +92,7 @@ def backward(dout, cache):
     """dout (any shape) -> dx (same shape)."""
     pre = _rows(cache)
     dx = np.empty_like(pre)
-    _backward(_rows(dout), pre, dx)
+    _backward(_rows(dout), pre, dx, np.zeros((_chunks(pre.shape[0]), pre.shape[1]), pre.dtype))
     return dx.reshape(np.shape(cache))
 
 
@@ -91,20 +100,20 @@ def bias_forward(x, b):
     """gelu(x + b) for x (..., D) without its bias yet, b (D,) -> out (..., D), cache.
 
     x is overwritten with x + b (the pre-activation the backward needs), so
-    it must be a buffer the caller owns, such as a fresh x @ w.
+    it must be a contiguous buffer the caller owns, such as a fresh x @ w.
     """
+    if not x.flags.c_contiguous:
+        raise ValueError("bias_forward overwrites x in place: it must be C-contiguous")
     x2 = x.reshape(-1, x.shape[-1])
     out = np.empty_like(x2)
-    _forward(x2, b, True, x2, out)
+    _forward(x2, b, True, out)
     return out.reshape(x.shape), x
 
 
 def bias_backward(dout, cache):
     """dout (..., D) -> dx (..., D) (= d loss / d(x + b)), db (D,)."""
     pre = _rows(cache)
-    N, D = pre.shape
-    n_chunks = max(1, min(N // 64, 8))
     dx = np.empty_like(pre)
-    db_part = np.zeros((n_chunks, D), dtype=pre.dtype)
-    _backward_bias(_rows(dout), pre, dx, db_part)
+    db_part = np.zeros((_chunks(pre.shape[0]), pre.shape[1]), dtype=pre.dtype)
+    _backward(_rows(dout), pre, dx, db_part)
     return dx.reshape(cache.shape), db_part.sum(axis=0)
