@@ -303,7 +303,7 @@ def test_model_without_tied_head_gradient_is_caught():
     model = tiny_model()
     rng = np.random.default_rng(3)
     idx, targets = rng.integers(0, 7, (2, 5)), rng.integers(0, 7, (2, 5))
-    control = gradcheck.check_model(model, idx, targets)
+    control = gradcheck.check_model(model, idx, targets, eps=5e-4)  # see MODEL_EPS in test_model.py
     assert control.passed, str(control)
 
     wte = model.params["wte.weight"]
@@ -325,7 +325,7 @@ def test_model_without_tied_head_gradient_is_caught():
     broken_ops = {name: getattr(model.ops, name) for name in layers.__all__}
     broken_ops["linear"] = types.SimpleNamespace(forward=linear_forward, backward=linear_backward)
     model.ops = types.SimpleNamespace(**broken_ops)
-    report = gradcheck.check_model(model, idx, targets)
+    report = gradcheck.check_model(model, idx, targets, eps=5e-4)
     assert dropped, "the head's gradient was never dropped: did the model stop using ops.linear for the head?"
     failed = {r.input for r in report.results if not r.passed}
     assert failed == {"wte.weight"}, str(report)

@@ -12,6 +12,12 @@ import pytest
 from npgpt import GPT, GPTConfig, gradcheck
 
 TOL = 1e-6
+# Finite-difference step for the whole model.  With weights at std 0.3 a few
+# entries (1 in ~10^4) have enough curvature that the default h = 1e-3 leaves
+# a truncation error of ~2e-6 (it falls as h^4: 2.5e-9 at h = 1e-4), while
+# h = 1e-4 lets rounding noise reach ~1e-6 on small entries.  h = 5e-4 keeps
+# both below 2e-7 over every entry of every case below, for six seeds.
+MODEL_EPS = 5e-4
 
 
 def tiny_config(**overrides):
@@ -56,7 +62,8 @@ def test_model_gradients_match_finite_differences(case):
     model = tiny_model(**overrides)
     T = 1 if case.endswith("T1") else 5
     idx, targets = batch(model, T=T, ignore=T > 1)
-    report = gradcheck.check_model(model, idx, targets, max_entries=6, dropout_seed=dropout_seed, **kwargs)
+    report = gradcheck.check_model(model, idx, targets, eps=MODEL_EPS, max_entries=8, dropout_seed=dropout_seed,
+                                   **kwargs)
     assert [r.input for r in report.results] == list(model.params), "every parameter tensor is checked"
     worst = max(r.max_rel_error for r in report.results)
     assert report.passed and worst < TOL, f"{case}: max relative error {worst:.2e}\n{report}"
