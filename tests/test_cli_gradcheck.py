@@ -29,7 +29,8 @@ def test_gradcheck_command_prints_an_all_pass_table(capsys):
     assert {layer for layer, *_ in rows} == LAYERS | {"model[numpy]"}  # every layer, and the model; no numba
     assert all(result == "pass" and error < gradcheck.DEFAULT_TOL for _, _, error, result in rows), out
     model_inputs = {name for layer, name, *_ in rows if layer == "model[numpy]"}
-    assert {"wte.weight", "wpe.weight", "ln_f.weight", "h.0.attn.c_attn.weight", "h.0.mlp.c_proj.weight"} <= model_inputs
+    expected = {"wte.weight", "wpe.weight", "ln_f.weight", "h.0.attn.c_attn.weight", "h.0.mlp.c_proj.weight"}
+    assert expected <= model_inputs
     assert "FAIL" not in out
     assert f"{len(rows)} checks, all passed" in out
 
