@@ -117,6 +117,9 @@ class GPT:
         self.flat_params = np.zeros(self.num_params, dtype=self.dtype)
         self.params = views_into(self.flat_params, self.shapes)
         self.ops = get_backend(config.backend)
+        # The numba kernels also offer fused variants (bias inside GELU, in-place
+        # buffers); the model takes them where noted, the reference path stays plain.
+        self.fused = config.backend == "numba"
         self._init_weights(np.random.default_rng(seed))
 
     def _init_weights(self, rng):
@@ -182,8 +185,7 @@ class GPT:
             a, c_adrop = ops.dropout.forward(a, p_drop, rng)
             x = x + a  # residual
             h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-            h, c_fc = ops.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, T, 4C)
-            h, c_gelu = ops.gelu.forward(h)
+            h, c_fc, c_gelu = self._mlp_up(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, T, 4C)
             h, c_mproj = ops.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))  # (B, T, C)
             h, c_mdrop = ops.dropout.forward(h, p_drop, rng)
             x = x + h  # residual
@@ -192,12 +194,30 @@ class GPT:
         caches.append(c)
         return x
 
+    def _mlp_up(self, h, w, b):
+        """gelu(h @ w + b): (B, T, C) -> (B, T, 4C), and the caches of both layers.
+
+        The kernels add the bias inside the GELU pass (one pass over the
+        (B, T, 4C) activations instead of two); the reference runs the two
+        layers one after the other.
+        """
+        if self.fused and b is not None:
+            h, c_fc = self.ops.linear.forward(h, w, None)
+            h, c_gelu = self.ops.gelu.bias_forward(h, b)  # adds b to the fresh h @ w in place
+            return h, c_fc, c_gelu
+        h, c_fc = self.ops.linear.forward(h, w, b)
+        h, c_gelu = self.ops.gelu.forward(h)
+        return h, c_fc, c_gelu
+
     def logits(self, idx):
         """idx (B, T) -> logits (B, T, V), inference mode (no dropout)."""
         idx = self._check_idx(idx)
         self._check_tokens(idx, self.config.vocab_size)
-        x = self._hidden(idx, None, [])
-        return x @ self.params["wte.weight"].T  # tied LM head: (B, T, C) @ (C, V)
+        return self._lm_head(self._hidden(idx, None, []))[0]
+
+    def _lm_head(self, x):
+        """x (B, T, C) -> logits (B, T, V) = x @ wte^T, cache: the head is tied to the token embedding."""
+        return self.ops.linear.forward(x, self.params["wte.weight"].T, None)  # BLAS reads wte^T in place
 
     def forward(self, idx, targets, rng=None, label_smoothing=0.0, ignore_index=-1):
         """idx, targets (B, T) ints -> (scalar loss, cache).
@@ -211,7 +231,7 @@ class GPT:
         targets = self._check_targets(targets, idx, ignore_index)
         caches = []
         x = self._hidden(idx, rng, caches)
-        logits, c_head = self.ops.linear.forward(x, self.params["wte.weight"].T, None)  # (B, T, V)
+        logits, c_head = self._lm_head(x)  # (B, T, V)
         loss, c_ce = self.ops.cross_entropy.forward(logits, targets, label_smoothing, ignore_index)
         caches += [c_head, c_ce]
         return float(loss), caches
@@ -222,16 +242,27 @@ class GPT:
 
         out: an optional flat buffer (num_params,) to write the gradients
         into (reused across steps by the trainer); a new one otherwise.
+        Every entry of it is overwritten.  With the numba backend the cache
+        is consumed: it is emptied, so that each layer's activations are freed
+        as soon as its backward is done, and its logits become dlogits.
         """
         ops, P, cfg = self.ops, self.params, self.config
+        if not cache:
+            raise ValueError("this forward cache was already used by a backward")
         flat = np.zeros(self.num_params, self.dtype) if out is None else out
         G = views_into(flat, self.shapes)
         caches = list(cache)
+        if self.fused:
+            cache.clear()  # from here on `caches` holds the only references
         c_ce, c_head = caches.pop(), caches.pop()
 
-        dlogits = ops.cross_entropy.backward(1.0, c_ce)  # (B, T, V)
-        dx, dwte_t, _ = ops.linear.backward(dlogits, c_head)  # dwte_t (C, V)
-        G["wte.weight"][...] = dwte_t.T  # the head's share of the tied weight
+        # cross-entropy and the tied LM head: logits = x @ wte^T
+        if self.fused:
+            dlogits = ops.cross_entropy.backward_in_place(1.0, c_ce)  # (B, T, V), over the logits' memory
+        else:
+            dlogits = ops.cross_entropy.backward(1.0, c_ce)  # (B, T, V)
+        # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
+        dx = self._linear_backward(dlogits, c_head, G["wte.weight"].T, None)
         del dlogits
 
         dx, dw, db = ops.layernorm.backward(dx, caches.pop())
@@ -241,30 +272,55 @@ class GPT:
             c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop = caches.pop()
             # MLP branch: x = x + drop(c_proj(gelu(c_fc(ln_2(x)))))
             dh = ops.dropout.backward(dx, c_mdrop)
-            dh, dw, db = ops.linear.backward(dh, c_mproj)
-            _store(G, pre + "mlp.c_proj", dw, db)
-            dh = ops.gelu.backward(dh, c_gelu)
-            dh, dw, db = ops.linear.backward(dh, c_fc)
-            _store(G, pre + "mlp.c_fc", dw, db)
+            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj"))
+            if self.fused and cfg.bias:
+                dh, db = ops.gelu.bias_backward(dh, c_gelu)  # also sums c_fc's bias gradient
+                G[pre + "mlp.c_fc.bias"][...] = db
+            else:
+                dh = ops.gelu.backward(dh, c_gelu)
+            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc"))
             dh, dw, db = ops.layernorm.backward(dh, c_ln2)
             _store(G, pre + "ln_2", dw, db)
-            dx = dx + dh  # the residual passes dx through unchanged; the branch adds its part
+            dx += dh  # the residual passes dx through unchanged; the branch adds its part
             # attention branch: x = x + drop(c_proj(attn(c_attn(ln_1(x)))))
             da = ops.dropout.backward(dx, c_adrop)
-            da, dw, db = ops.linear.backward(da, c_aproj)
-            _store(G, pre + "attn.c_proj", dw, db)
+            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj"))
             dqkv = ops.attention.backward(da, c_att)
-            dh, dw, db = ops.linear.backward(dqkv, c_qkv)
-            _store(G, pre + "attn.c_attn", dw, db)
+            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn"))
             dh, dw, db = ops.layernorm.backward(dh, c_ln1)
             _store(G, pre + "ln_1", dw, db)
-            dx = dx + dh
+            dx += dh
 
         dx = ops.dropout.backward(dx, caches.pop())
-        dwte, dwpe = ops.embedding.backward(dx, caches.pop())
-        G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
-        G["wpe.weight"][...] = dwpe
+        c_emb = caches.pop()
+        if self.fused:  # add the lookup's gradient into wte in place: no (V, C) temporary
+            G["wpe.weight"][...] = 0.0
+            ops.embedding.backward_into(dx, c_emb, G["wte.weight"], G["wpe.weight"])
+        else:
+            dwte, dwpe = ops.embedding.backward(dx, c_emb)
+            G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
+            G["wpe.weight"][...] = dwpe
         return G
+
+    def _linear_backward(self, dout, cache, dw, db):
+        """A linear layer's backward -> dx; its weight and bias gradients land in
+        dw and db (views of the flat gradient buffer; db None without a bias).
+
+        The kernels write them there directly; the reference returns new
+        arrays, which are copied in.
+        """
+        if self.fused:
+            return self.ops.linear.backward_into(dout, cache, dw, db)
+        dx, dw_new, db_new = self.ops.linear.backward(dout, cache)
+        dw[...] = dw_new
+        if db is not None:
+            db[...] = db_new
+        return dx
+
+
+def _grads_of(grads, prefix):
+    """-> (weight gradient, bias gradient or None) of the layer named prefix."""
+    return grads[prefix + ".weight"], grads.get(prefix + ".bias")
 
 
 def _store(grads, prefix, dw, db):

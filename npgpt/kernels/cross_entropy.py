@@ -91,3 +91,10 @@ def backward(dloss, cache, out=None):
     dlogits = np.empty_like(logits2) if out is None else out.reshape(logits2.shape)
     _backward(logits2, safe_targets, lse, weight, eps, dlogits)
     return dlogits.reshape(shape)
+
+
+
+def backward_in_place(dloss, cache):
+    """backward, written over the cached logits: at V = 50257 that saves a
+    (B, T, V) array and its page faults.  The cache is spent afterwards."""
+    return backward(dloss, cache, out=cache[0])

@@ -29,3 +29,19 @@ def backward(dout, cache):
     dw = x2.T @ dout2  # (Cin, N) @ (N, Cout)
     db = dout2.sum(axis=0) if has_bias else None
     return dx.reshape(x.shape), dw, db
+
+
+def backward_into(dout, cache, dw, db):
+    """Like backward, but dw (Cin, Cout) and db (Cout,) or None are output buffers
+    (the model passes views of its flat gradient, so nothing is copied) -> dx."""
+    x, w, has_bias = cache
+    Cin, Cout = w.shape
+    x2 = x.reshape(-1, Cin)
+    dout2 = dout.reshape(-1, Cout)
+    if dw.flags.c_contiguous:
+        np.matmul(x2.T, dout2, out=dw)  # (Cin, N) @ (N, Cout), written in place by BLAS
+    else:  # a transposed view, such as the tied LM head's wte^T: write (dw^T) = dout^T x instead
+        np.matmul(dout2.T, x2, out=dw.T)
+    if db is not None:
+        np.sum(dout2, axis=0, out=db)
+    return (dout2 @ w.T).reshape(x.shape)
