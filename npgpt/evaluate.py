@@ -13,6 +13,7 @@ import numpy as np
 
 from . import checkpoint, data
 from .errors import UserError
+from .model import GPTConfig
 
 
 def evaluate_tokens(model, tokens, batch_size):
@@ -33,11 +34,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .train import resolve_backend
-
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    model, tokenizer, ckpt = checkpoint.load_model(args.ckpt, backend=resolve_backend("auto"))
+    model, tokenizer, ckpt = checkpoint.load_model(args.ckpt, backend=GPTConfig().backend)
     if args.data is not None:
         text, source = data.load_text(args.data), args.data
     else:

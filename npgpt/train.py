@@ -69,7 +69,7 @@ class TrainConfig:
     eval_iters: int = 20
     seed: int = 1337
     dtype: str = "float32"
-    backend: str = "auto"
+    backend: str = GPTConfig().backend  # the model's default: whoever tunes the kernels decides it
     sample_tokens: int = 500  # printed at the end; 0: none
 
 
@@ -106,11 +106,11 @@ HELP = {
     "eval_iters": "validation batches per evaluation",
     "seed": "random seed (weights, batches, dropout)",
     "dtype": "float type of weights and activations",
-    "backend": "layer implementation: numba kernels, numpy reference, or auto (numba when available)",
+    "backend": "layer implementation: numpy reference layers or numba kernels",
     "sample_tokens": "tokens to sample at the end (0: no sample)",
 }
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
-           "backend": ("auto", "numba", "numpy")}
+           "backend": ("numpy", "numba")}
 
 
 def _field_kind(f):
@@ -230,15 +230,14 @@ def resolve_settings(args):
 
 
 def resolve_backend(name):
-    """auto -> numba when npgpt.kernels exists, else numpy."""
-    try:
-        has_kernels = importlib.util.find_spec("npgpt.kernels") is not None
-    except ImportError:
-        has_kernels = False
-    if name == "numba" and not has_kernels:
-        raise UserError("the numba backend is not available in this install; use --backend numpy")
-    if name == "auto":
-        return "numba" if has_kernels else "numpy"
+    """name, after checking that it is installed (a checkpoint may name numba on a machine without it)."""
+    if name == "numba":
+        try:
+            has_kernels = importlib.util.find_spec("npgpt.kernels") is not None
+        except ImportError:
+            has_kernels = False
+        if not has_kernels:
+            raise UserError("the numba backend is not available in this install; use --backend numpy")
     return name
 
 
