@@ -7,6 +7,7 @@ npgpt stores weights (in, out) and applies x @ w + b, so the PyTorch model
 does the same with the very same arrays: no transposes anywhere.
 """
 import math
+import types
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from npgpt import GPT, GPTConfig  # noqa: E402
+from npgpt import GPT, GPTConfig, layers  # noqa: E402
 from npgpt.layers import attention, cross_entropy, embedding, gelu, layernorm, linear  # noqa: E402
 
 GRAD_RTOL = 1e-10  # max |npgpt - torch| over a tensor, relative to the tensor's largest entry
@@ -38,8 +39,11 @@ def assert_close_relative(actual, expected, rtol=GRAD_RTOL, what=""):
 
 
 # --------------------------------------------------- a PyTorch GPT-2, by hand
-def torch_gpt_loss(P, config, idx, targets, label_smoothing=0.0):
-    """P: {GPT-2 name: float64 leaf tensor}.  Returns the scalar mean loss."""
+def torch_gpt_loss(P, config, idx, targets, label_smoothing=0.0, dropout_masks=None):
+    """P: {GPT-2 name: float64 leaf tensor}.  Returns the scalar mean loss.
+
+    dropout_masks: scaled masks (0 or 1/(1-p)) for GPT-2's dropouts in order:
+    after the embedding, then each block's attention and MLP branches."""
     C, nh = config.n_embd, config.n_head
     hs = C // nh
     idx_t, targets_t = torch.as_tensor(idx), torch.as_tensor(targets)
@@ -52,17 +56,22 @@ def torch_gpt_loss(P, config, idx, targets, label_smoothing=0.0):
         y = x @ P[prefix + ".weight"]  # weights stored (in, out)
         return y + P[prefix + ".bias"] if prefix + ".bias" in P else y
 
+    masks = iter(dropout_masks or [])
+
+    def drop(x):
+        return x * torch.as_tensor(next(masks)) if dropout_masks is not None else x
+
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
-    x = P["wte.weight"][idx_t] + P["wpe.weight"][:T]
+    x = drop(P["wte.weight"][idx_t] + P["wpe.weight"][:T])
     for i in range(config.n_layer):
         q, k, v = affine(ln(x, f"h.{i}.ln_1"), f"h.{i}.attn.c_attn").split(C, dim=-1)
         q, k, v = (a.view(B, T, nh, hs).transpose(1, 2) for a in (q, k, v))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
         probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         y = (probs @ v).transpose(1, 2).reshape(B, T, C)
-        x = x + affine(y, f"h.{i}.attn.c_proj")
+        x = x + drop(affine(y, f"h.{i}.attn.c_proj"))
         h = F.gelu(affine(ln(x, f"h.{i}.ln_2"), f"h.{i}.mlp.c_fc"), approximate="tanh")
-        x = x + affine(h, f"h.{i}.mlp.c_proj")
+        x = x + drop(affine(h, f"h.{i}.mlp.c_proj"))
     logits = ln(x, "ln_f") @ P["wte.weight"].T  # tied head
     return F.cross_entropy(logits.reshape(B * T, -1), targets_t.reshape(-1), ignore_index=-1,
                            label_smoothing=label_smoothing)
@@ -74,7 +83,23 @@ PARITY_CASES = {
     "perturbed_label_smoothing": ({}, 0.3, 0.1, 3, 5),
     "no_bias_one_head": ({"bias": False, "n_head": 1}, 0.3, 0.2, 2, 8),
     "four_heads_T1": ({"n_head": 4, "n_layer": 1}, 0.3, 0.0, 4, 1),
+    "dropout_label_smoothing": ({"dropout": 0.25}, 0.3, 0.1, 2, 8),
 }
+
+
+def record_dropout_masks(model):
+    """Swap the model's dropout for one that records each scaled mask it applies."""
+    masks, real = [], model.ops.dropout
+
+    def forward(x, p, rng):
+        out, cache = real.forward(x, p, rng)
+        masks.append(np.divide(out, x, out=np.zeros_like(out), where=x != 0))
+        return out, cache
+
+    ops = {name: getattr(model.ops, name) for name in layers.__all__}
+    ops["dropout"] = types.SimpleNamespace(forward=forward, backward=real.backward)
+    model.ops = types.SimpleNamespace(**ops)
+    return masks
 
 
 @pytest.mark.parametrize("case", list(PARITY_CASES))
@@ -90,11 +115,17 @@ def test_model_loss_and_every_gradient_match_pytorch(case):
     targets = rng.integers(0, config.vocab_size, (B, T))
     targets[0, -1] = -1  # an ignored position
 
-    loss, cache = model.forward(idx, targets, label_smoothing=label_smoothing)
+    masks = record_dropout_masks(model) if config.dropout else None
+    dropout_rng = np.random.default_rng(5) if config.dropout else None
+    loss, cache = model.forward(idx, targets, rng=dropout_rng, label_smoothing=label_smoothing)
     grads = model.backward(cache)
+    if masks is not None:
+        assert len(masks) == 1 + 2 * config.n_layer
+        assert all(np.isin(np.round(m * (1 - config.dropout), 12), [0.0, 1.0]).all() for m in masks)
+        assert any((m == 0).any() for m in masks)
 
     P = {name: torch.tensor(p, dtype=torch.float64, requires_grad=True) for name, p in model.params.items()}
-    torch_loss = torch_gpt_loss(P, config, idx, targets, label_smoothing)
+    torch_loss = torch_gpt_loss(P, config, idx, targets, label_smoothing, masks)
     torch_loss.backward()
 
     assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
