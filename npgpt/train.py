@@ -225,6 +225,10 @@ def resolve_settings(args):
     if "data" in requested and requested["data"] is not None:
         requested["data"] = os.path.abspath(requested["data"])  # a checkpoint must find it from anywhere
     cfg = replace(base, **requested)
+    if cfg.lr_decay_iters is None:
+        # fixed at the start and saved, so that resuming with a larger --max-iters never
+        # bends the schedule of the iterations already planned
+        cfg = replace(cfg, lr_decay_iters=cfg.max_iters)
     validate(cfg)
     return cfg, ckpt
 
@@ -312,7 +316,7 @@ class Trainer:
         self.optimizer = AdamW(self.model, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                                grad_clip=cfg.grad_clip)
         self.schedule = make_schedule(cfg.lr_schedule, cfg.lr, cfg.min_lr, cfg.warmup_iters,
-                                      cfg.lr_decay_iters or cfg.max_iters, cfg.lr_step_every, cfg.lr_gamma,
+                                      cfg.lr_decay_iters, cfg.lr_step_every, cfg.lr_gamma,
                                       cfg.lr_patience)
         self.grad = np.zeros_like(self.model.flat_params)
         self.scratch = np.zeros_like(self.grad) if cfg.grad_accum > 1 else None

@@ -83,4 +83,4 @@ def test_defaults_of_the_cli_are_the_train_config_defaults():
     train_module.add_arguments(parser)
     args = parser.parse_args([])
     cfg, ckpt = train_module.resolve_settings(args)
-    assert cfg == train_module.TrainConfig() and ckpt is None
+    assert cfg == train_module.TrainConfig(lr_decay_iters=cfg.max_iters) and ckpt is None
