@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .fastexp import exp_inplace
+
 BLOCK = 64  # queries per block in the backward: its scratch is (BLOCK, T), never (T, T)
 
 
@@ -101,6 +103,7 @@ def _forward(qkv, n_head, scale, out, lse):
         _load_head(qkv, b, C + h * hs, hs, one, k, unused)
         _load_head(qkv, b, 2 * C + h * hs, hs, one, v, vT)
         P = np.empty((2, Tp), dtype=dtype)  # the pair's score rows, then probabilities
+        bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
         for t in range(0, T, 2):  # queries t and t + 1
             nk = _round_up(t + 2, 4)  # keys the pair can see, rounded up to whole blocks
             for j in range(0, nk, 4):
@@ -114,11 +117,12 @@ def _forward(qkv, n_head, scale, out, lse):
                 mx = P[r, 0]  # a real score, never -inf (fastmath)
                 for j in range(1, n):
                     mx = max(mx, P[r, j])
+                for j in range(n):
+                    P[r, j] -= mx  # <= 0: the max keeps exp from overflowing
+                exp_inplace(P[r, :n], bits)
                 total = zero
                 for j in range(n):
-                    e = np.exp(P[r, j] - mx)  # <= 1: the max keeps exp from overflowing
-                    P[r, j] = e
-                    total += e
+                    total += P[r, j]
                 P[r, n:nk] = zero  # the future: probability exactly 0
                 inv[r] = one / total
                 lse[b, h, t + r] = mx + np.log(total)
@@ -170,6 +174,7 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
         PT = np.zeros((Tp, BLOCK), dtype=dtype)  # both transposed, for dk and dv
         dST = np.zeros((Tp, BLOCK), dtype=dtype)
         dq = np.empty((2, hsp), dtype=dtype)
+        bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
         for t0 in range(0, T, BLOCK):
             nk = t0 + BLOCK  # keys this block's queries can see (padding included)
             # recompute scores s = q.k and dP = dy.v, two queries by four keys at a time
@@ -186,9 +191,10 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
                         D += dy[t, d] * out[b, t, h * hs + d]
                     m = lse[b, h, t]
                     for j in range(n):
-                        p = np.exp(P[i, j] - m)  # P[t, j], recomputed
-                        P[i, j] = p
-                        dS[i, j] = p * (dS[i, j] - D)
+                        P[i, j] -= m
+                    exp_inplace(P[i, :n], bits)  # P[t, j], recomputed
+                    for j in range(n):
+                        dS[i, j] = P[i, j] * (dS[i, j] - D)
                 for j in range(n, nk):  # the future gets no gradient
                     P[i, j] = zero
                     dS[i, j] = zero

@@ -10,6 +10,8 @@ logits and that log-sum-exp.
 import numpy as np
 from numba import njit, prange
 
+from .fastexp import exp_inplace
+
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _forward(logits, targets, valid, label_smoothing, lse, losses):
@@ -22,15 +24,20 @@ def _forward(logits, targets, valid, label_smoothing, lse, losses):
     zero = logits.dtype.type(0)
     one = logits.dtype.type(1)
     for r in prange(N):
+        e = np.empty(V, dtype=logits.dtype)  # one row's exp(logit - max)
+        bits = np.empty(V, dtype=np.int32)
         mx = logits[r, 0]  # start from a real logit: fastmath assumes no -inf
         total_logits = zero
         for j in range(V):
             x = logits[r, j]
             mx = max(mx, x)
             total_logits += x
+        for j in range(V):
+            e[j] = logits[r, j] - mx
+        exp_inplace(e, bits)
         total = zero
         for j in range(V):
-            total += np.exp(logits[r, j] - mx)
+            total += e[j]
         lse[r] = mx + np.log(total)
         if valid[r]:
             nll = lse[r] - logits[r, targets[r]]
@@ -51,12 +58,17 @@ def _backward(logits, targets, lse, weight, label_smoothing, dlogits):
     one = logits.dtype.type(1)
     uniform = label_smoothing / V
     for r in prange(N):
+        bits = np.empty(V, dtype=np.int32)  # exp's scratch
         w = weight[r]
         m = lse[r]
         target = targets[r]
+        row = dlogits[r]
         for j in range(V):
-            dlogits[r, j] = (np.exp(logits[r, j] - m) - uniform) * w
-        dlogits[r, target] -= (one - label_smoothing) * w
+            row[j] = logits[r, j] - m
+        exp_inplace(row, bits)  # softmax, from the log-sum-exp
+        for j in range(V):
+            row[j] = (row[j] - uniform) * w
+        row[target] -= (one - label_smoothing) * w
 
 
 def forward(logits, targets, label_smoothing=0.0, ignore_index=-1):

@@ -8,7 +8,9 @@ bias gradient while it computes dx, instead of a separate pass each.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
+
+from .fastexp import exp_inplace
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 CUBIC = 0.044715
@@ -16,59 +18,63 @@ EXP_LIMIT = 80.0  # exp(80) ~ 5.5e34 fits float32 (max ~3.4e38)
 
 
 @njit(inline="always", fastmath=True)
-def _sigmoid_2u(x, k2, cubic, one, limit):
-    """sigmoid(2u) = (1 + tanh u) / 2,  u = k (x + cubic x^3),  k2 = -2k.
+def _exp_of_minus_2u(x, k2, cubic, limit):
+    """exp(-2u) before the exp: k2 (x + cubic x^3) with k2 = -2 sqrt(2/pi), capped at limit.
 
-    The kernels use this identity instead of tanh: Numba compiles tanh to
-    one slow libm call per element, while exp is fast, and
-    gelu(x) = x * sigmoid(2u) has no cancellation.  The exponent is capped
-    so exp never overflows to inf (fastmath assumes no inf); at the cap
-    sigmoid is already 0 to within 1e-34.
+    The kernels write gelu with sigmoid(2u) = 1 / (1 + exp(-2u)) = (1 + tanh u) / 2
+    instead of tanh: Numba compiles tanh to one slow libm call per element
+    while exp vectorises (fastexp.py), and gelu(x) = x sigmoid(2u) has no
+    cancellation.  The cap keeps exp finite (fastmath assumes no inf); at
+    the cap sigmoid is already 0 to within 1e-34.
     """
-    z = min(k2 * (x + cubic * x * x * x), limit)
-    return one / (one + np.exp(z))
-
-
-@njit(inline="always", fastmath=True)
-def _gelu_slope(x, k2, cubic, cubic3, one, limit):
-    """d gelu / dx = 0.5 (1 + tanh u) + 0.5 x sech^2(u) du/dx.
-
-    With s = sigmoid(2u): 1 + tanh u = 2 s and sech^2 u = 1 - tanh^2 u =
-    4 s (1 - s), so the slope is s + 2 x s (1 - s) du/dx = s - x s (1 - s) k2 (1 + 3 cubic x^2):
-    no cosh, which fastmath breaks at large |u|.
-    """
-    s = _sigmoid_2u(x, k2, cubic, one, limit)
-    return s - x * s * (one - s) * k2 * (one + cubic3 * x * x)  # cubic3 = 3 * 0.044715
+    return min(k2 * (x + cubic * x * x * x), limit)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _forward(x, b, has_bias, out):
+def _forward(x, b, has_bias, out, n_tasks):
     """x (N, D), b (D,) -> out = gelu(x + b) (N, D).  With has_bias, x becomes x + b in place."""
     N, D = x.shape
     T = x.dtype.type  # constants in x's type: float32 stays float32
     k2, cubic, one, limit = T(-2 * SQRT_2_OVER_PI), T(CUBIC), T(1.0), T(EXP_LIMIT)
-    for r in prange(N):
-        for c in range(D):
-            v = x[r, c]
-            if has_bias:
-                v += b[c]
-                x[r, c] = v
-            out[r, c] = v * _sigmoid_2u(v, k2, cubic, one, limit)
+    for task in prange(n_tasks):
+        e = np.empty(D, dtype=x.dtype)  # exp(-2u) of one row
+        bits = np.empty(D, dtype=np.int32)
+        for r in range(task * N // n_tasks, (task + 1) * N // n_tasks):
+            for c in range(D):
+                if has_bias:
+                    x[r, c] += b[c]
+                e[c] = _exp_of_minus_2u(x[r, c], k2, cubic, limit)
+            exp_inplace(e, bits)
+            for c in range(D):
+                out[r, c] = x[r, c] / (one + e[c])  # x sigmoid(2u)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _backward(dout, pre, dx, db_part):
-    """dout, pre (N, D) -> dx (N, D); db_part (n_chunks, D) gets each chunk of rows' sum of dx."""
+    """dout, pre (N, D) -> dx (N, D); db_part (n_tasks, D) gets each task's rows' sum of dx.
+
+    d gelu / dx = 0.5 (1 + tanh u) + 0.5 x sech^2(u) du/dx.  With
+    s = sigmoid(2u): 1 + tanh u = 2 s and sech^2 u = 1 - tanh^2 u =
+    4 s (1 - s), so the slope is s + 2 x s (1 - s) du/dx, where
+    2 du/dx = -k2 (1 + 3 cubic x^2).  No cosh, which fastmath breaks at large |u|.
+    """
     N, D = pre.shape
-    n_chunks = db_part.shape[0]
+    n_tasks = db_part.shape[0]
     T = pre.dtype.type
     k2, cubic, cubic3, one, limit = T(-2 * SQRT_2_OVER_PI), T(CUBIC), T(3 * CUBIC), T(1.0), T(EXP_LIMIT)
-    for ch in prange(n_chunks):
-        for r in range(ch * N // n_chunks, (ch + 1) * N // n_chunks):
+    for task in prange(n_tasks):
+        e = np.empty(D, dtype=pre.dtype)
+        bits = np.empty(D, dtype=np.int32)
+        for r in range(task * N // n_tasks, (task + 1) * N // n_tasks):
             for c in range(D):
-                g = dout[r, c] * _gelu_slope(pre[r, c], k2, cubic, cubic3, one, limit)
+                e[c] = _exp_of_minus_2u(pre[r, c], k2, cubic, limit)
+            exp_inplace(e, bits)
+            for c in range(D):
+                x = pre[r, c]
+                s = one / (one + e[c])
+                g = dout[r, c] * (s - x * s * (one - s) * k2 * (one + cubic3 * x * x))
                 dx[r, c] = g
-                db_part[ch, c] += g
+                db_part[task, c] += g
 
 
 def _rows(a):
@@ -76,15 +82,15 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
 
-def _chunks(N):
-    return max(1, min(N // 64, 8))  # row chunks: enough tasks for the threads, few partial sums
+def _tasks(N):
+    return max(1, min(N // 16, 4 * get_num_threads()))  # enough tasks to share out, few partial sums
 
 
 def forward(x):
     """x (any shape) -> out (same shape), cache (x)."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    _forward(x2, x2[0], False, out)  # x2[0]: an unused stand-in for the bias
+    _forward(x2, x2[0], False, out, _tasks(x2.shape[0]))  # x2[0]: an unused stand-in for the bias
     return out.reshape(np.shape(x)), x
 
 
@@ -92,7 +98,7 @@ def backward(dout, cache):
     """dout (any shape) -> dx (same shape)."""
     pre = _rows(cache)
     dx = np.empty_like(pre)
-    _backward(_rows(dout), pre, dx, np.zeros((_chunks(pre.shape[0]), pre.shape[1]), pre.dtype))
+    _backward(_rows(dout), pre, dx, np.zeros((_tasks(pre.shape[0]), pre.shape[1]), pre.dtype))
     return dx.reshape(np.shape(cache))
 
 
@@ -106,7 +112,7 @@ def bias_forward(x, b):
         raise ValueError("bias_forward overwrites x in place: it must be C-contiguous")
     x2 = x.reshape(-1, x.shape[-1])
     out = np.empty_like(x2)
-    _forward(x2, b, True, out)
+    _forward(x2, b, True, out, _tasks(x2.shape[0]))
     return out.reshape(x.shape), x
 
 
@@ -114,6 +120,6 @@ def bias_backward(dout, cache):
     """dout (..., D) -> dx (..., D) (= d loss / d(x + b)), db (D,)."""
     pre = _rows(cache)
     dx = np.empty_like(pre)
-    db_part = np.zeros((_chunks(pre.shape[0]), pre.shape[1]), dtype=pre.dtype)
+    db_part = np.zeros((_tasks(pre.shape[0]), pre.shape[1]), dtype=pre.dtype)
     _backward(_rows(dout), pre, dx, db_part)
     return dx.reshape(cache.shape), db_part.sum(axis=0)
