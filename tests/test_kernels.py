@@ -265,6 +265,18 @@ def test_adamw_step_equals_reference(dtype):
     assert not np.array_equal(ours[0], state[0])  # it did move
 
 
+def test_adamw_step_takes_a_byte_mask():
+    rng = np.random.default_rng(14)
+    n = 257
+    decay = rng.random(n) < 0.5
+    results = []
+    for mask in (decay.astype(np.float32), decay.astype(np.uint8)):
+        state = [np.linspace(-1, 1, n, dtype=np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)]
+        kernels.optim.adamw_step(state[0], np.ones(n, np.float32), state[1], state[2], mask, 0.1, 0.9, 0.95, 1e-8, 0.5, 1)
+        results.append(state[0])
+    assert np.array_equal(results[0], results[1])
+
+
 def test_global_norm():
     _, reference_norm = _reference_optim()
     g = np.random.default_rng(12).standard_normal(100_003).astype(np.float32)
