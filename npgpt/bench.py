@@ -210,9 +210,9 @@ def format_report(r):
     ]
     total = sum(r["kernels_ms"].values())
     for k, v in r["kernels_ms"].items():
-        lines.append(f"    {k:<28} {v:8.2f}  {100 * v / r['step_ms']:5.1f}%")
-    lines.append(f"    {"rest (optimizer, residual adds)":<28} {r["step_ms"] - total:8.2f}  "
-                 f"{100 * (r['step_ms'] - total) / r['step_ms']:5.1f}%")
+        lines.append(f"    {k:<32} {v:8.2f}  {100 * v / r['step_ms']:5.1f}%")
+    rest = r["step_ms"] - total
+    lines.append(f"    {'rest (optimizer, residual adds)':<32} {rest:8.2f}  {100 * rest / r['step_ms']:5.1f}%")
     return "\n".join(lines)
 
 
