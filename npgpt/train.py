@@ -50,6 +50,7 @@ class TrainConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
+    bias: bool = True  # biases in linear and layer-norm layers, as GPT-2
     dropout: float = 0.0
     label_smoothing: float = 0.0
     lr: float = 1e-3
@@ -74,7 +75,7 @@ class TrainConfig:
 
 
 # Settings that define the model: a resumed run may not change them.
-MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "dtype")
+MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype")
 
 HELP = {
     "out": "output directory for checkpoints and metrics.jsonl",
@@ -87,6 +88,7 @@ HELP = {
     "n_layer": "transformer blocks",
     "n_head": "attention heads per block",
     "n_embd": "embedding width (divisible by --n-head)",
+    "bias": "biases in linear and layer-norm layers (--no-bias: none, as nanoGPT's default)",
     "dropout": "dropout probability while training",
     "label_smoothing": "label smoothing of the training loss",
     "lr": "peak learning rate",
@@ -114,8 +116,8 @@ CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("fl
 
 
 def _field_kind(f):
-    """int, float or str: what a setting holds (`int | None` -> int; None is only ever a default)."""
-    if f.type in (int, float, str):
+    """bool, int, float or str: what a setting holds (`int | None` -> int; None is only ever a default)."""
+    if f.type in (bool, int, float, str):
         return f.type
     (kind,) = [t for t in typing.get_args(f.type) if t is not type(None)]
     return kind
@@ -134,6 +136,9 @@ def add_arguments(parser):
     for name, f in FIELDS.items():
         default = f.default if f.default is not None else "none"
         kwargs = {"help": f"{HELP[name]} (default: {default})", "default": argparse.SUPPRESS, "type": KINDS[name]}
+        if KINDS[name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction  # --bias / --no-bias
+            del kwargs["type"]
         if name in CHOICES:
             kwargs["choices"] = CHOICES[name]
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
@@ -158,7 +163,7 @@ def read_toml(path):
         kind = KINDS[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise UserError(f"setting {key!r} in {path} must be {kind.__name__}, got {value!r}")
         settings[name] = value
     return settings
@@ -309,7 +314,7 @@ class Trainer:
         if ckpt is None:
             model_config = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size,
                                      n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                     dropout=cfg.dropout, dtype=cfg.dtype, backend=backend)
+                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=backend)
             self.model = GPT(model_config, seed=cfg.seed)
         else:
             self.model = checkpoint.build_model(ckpt, dropout=cfg.dropout, backend=backend)

@@ -120,6 +120,7 @@ def test_corrupt_checkpoint(trained, tmp_path, capsys, command):
     (["--n-layer", "2"], "different model"),
     (["--n-embd", "32"], "n-embd=16"),
     (["--dtype", "float64"], "different model"),
+    (["--no-bias"], "bias=True"),
     (["--block-size", "32"], "larger than the model's block_size 16"),
     (["--max-iters", "2"], "already at iteration 3"),
 ])
