@@ -30,7 +30,7 @@ CONFIGS = {  # the same as npgpt.bench.CONFIGS: (model sizes, batch size)
     "L": (dict(n_layer=12, n_head=12, n_embd=768, block_size=64, vocab_size=50257), 4),
 }
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-THREADS = 2
+THREADS = 2  # --threads overrides
 
 
 # --------------------------------------------------------------- the torch side
@@ -87,7 +87,7 @@ def torch_worker(name, steps, warmup):
 
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(int(os.environ.get("NPGPT_BENCH_THREADS", THREADS)))
     torch.manual_seed(0)
     sizes, batch_size = CONFIGS[name]
     model = build_torch_gpt(**sizes)
@@ -117,18 +117,18 @@ def torch_worker(name, steps, warmup):
     step_s = statistics.median(step_times)
     return {"framework": "torch", "config": name, "tokens_per_s": batch_size * T / step_s,
             "step_ms": 1e3 * step_s, "split_ms": {k: 1e3 * v / steps for k, v in split.items()},
-            "peak_rss_mb": rss_mb, "threads": torch.get_num_threads(), "loss": float(loss)}
+            "peak_rss_mb": rss_mb, "threads": torch.get_num_threads(), "loss": loss.item()}
 
 
 # ------------------------------------------------------------------ orchestration
-def thread_env():
+def thread_env(threads):
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS),
-               NUMBA_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               NUMBA_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NPGPT_BENCH_THREADS=str(threads))
     return env
 
 
-def run_one(framework, name, steps, warmup):
+def run_one(framework, name, steps, warmup, threads):
     """One measurement in a fresh process -> its JSON result."""
     if framework == "npgpt":
         cmd = [sys.executable, "-m", "npgpt", "bench", "--config", name, "--json",
@@ -136,7 +136,7 @@ def run_one(framework, name, steps, warmup):
     else:
         cmd = [sys.executable, __file__, "--worker", "--configs", name, "--steps", str(steps), "--warmup", str(warmup)]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(cmd, env=thread_env(), cwd=repo, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, env=thread_env(threads), cwd=repo, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{framework} {name} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,6 +152,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="alternations per config (median reported)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: 20 S, 8 M, 5 L)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=THREADS, help="threads for both frameworks (default 2)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = args.configs.split(",")
@@ -166,14 +167,14 @@ def main(argv=None):
         results = {"npgpt": [], "torch": []}
         for _ in range(args.rounds):
             for framework in ("npgpt", "torch"):
-                results[framework].append(run_one(framework, name, steps, args.warmup))
+                results[framework].append(run_one(framework, name, steps, args.warmup, args.threads))
         med = {f: statistics.median(r["tokens_per_s"] for r in rs) for f, rs in results.items()}
         mid = {f: sorted(rs, key=lambda r: r["tokens_per_s"])[len(rs) // 2] for f, rs in results.items()}
         rss = {f: max(r["peak_rss_mb"] for r in rs) for f, rs in results.items()}
         print(f"{name:<7}{med['npgpt']:>12,.0f}{med['torch']:>12,.0f}{med['npgpt'] / med['torch']:>6.2f}x   "
               f"{fmt_split(mid['npgpt']):>21}{fmt_split(mid['torch']):>13}   {rss['npgpt']:>12.0f}{rss['torch']:>7.0f}"
               f"   {100 * mid['npgpt']['mfu']:>8.0f}%", flush=True)
-    print(f"({args.rounds} alternating rounds per config, each framework in its own process, {THREADS} threads; "
+    print(f"({args.rounds} alternating rounds per config, each framework in its own process, {args.threads} thread(s); "
           "tokens/s is the median over rounds of each process's median step)")
     return 0
 
