@@ -23,23 +23,28 @@ from numba import njit, prange
 from .fastexp import exp_inplace
 
 BLOCK = 64  # queries per block in the backward: its scratch is (BLOCK, T), never (T, T)
+# Reduction lengths are rounded up to a multiple of STEP (zero-padded): LLVM's
+# vectorised loop takes 32 floats per iteration and leaves any remainder to
+# a slow scalar loop, which on the causal diagonal cost more than the rest.
+STEP = 32
 
 
 @njit(inline="always", fastmath=True)
-def _dot_2x4(a, i, b, j, k0, k1, b_off=0):
-    """The eight dot products a[i+r, k0:k1] . b[j+c, k0+b_off:k1+b_off], r < 2, c < 4.
+def _dot_2x4(a, i, b, j, k0, k1):
+    """The eight dot products a[i+r, k0:k1] . b[j+c, k0:k1], r < 2, c < 4.
 
     The micro-kernel every product in this file goes through: two rows of
     a against four rows of b, eight running sums that stay in registers,
     every load reused two or four times.  LLVM vectorises the k loop (8
     floats a step with AVX2): several times faster than one dot at a time.
+    Keep the index plain k: an offset index (k + off) may be negative as far
+    as Numba knows, and its wrap-around check stops the vectorisation.
     """
     z = a.dtype.type(0)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
     for k in range(k0, k1):
         a0, a1 = a[i, k], a[i + 1, k]
-        kb = k + b_off
-        b0, b1, b2, b3 = b[j, kb], b[j + 1, kb], b[j + 2, kb], b[j + 3, kb]
+        b0, b1, b2, b3 = b[j, k], b[j + 1, k], b[j + 2, k], b[j + 3, k]
         s00 += a0 * b0
         s01 += a0 * b1
         s02 += a0 * b2
@@ -89,7 +94,7 @@ def _forward(qkv, n_head, scale, out, lse):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    Tp, hsp = _round_up(T + 1, 4), _round_up(hs, 4)  # + 1: room for a pair's second query
+    Tp, hsp = _round_up(T + 1, STEP), _round_up(hs, 4)  # + 1: room for a pair's second query
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)  # typed constants: float32 stays float32
     for task in prange(B * n_head):
@@ -105,7 +110,7 @@ def _forward(qkv, n_head, scale, out, lse):
         P = np.empty((2, Tp), dtype=dtype)  # the pair's score rows, then probabilities
         bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
         for t in range(0, T, 2):  # queries t and t + 1
-            nk = _round_up(t + 2, 4)  # keys the pair can see, rounded up to whole blocks
+            nk = _round_up(t + 2, STEP)  # keys the pair can see, rounded up (the rest is zeroed)
             for j in range(0, nk, 4):
                 _store_2x4(P, 0, j, _dot_2x4(q, t, k, j, 0, hsp), one)
             inv = np.empty(2, dtype=dtype)
@@ -150,7 +155,7 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    Tp, hsp = _round_up(T, BLOCK), _round_up(hs, 4)
+    Tp, hsp = _round_up(T, BLOCK), _round_up(hs, 4)  # BLOCK is a multiple of STEP
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)
     for task in prange(B * n_head):
@@ -174,6 +179,8 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
         PT = np.zeros((Tp, BLOCK), dtype=dtype)  # both transposed, for dk and dv
         dST = np.zeros((Tp, BLOCK), dtype=dtype)
         dq = np.empty((2, hsp), dtype=dtype)
+        qsT_block = np.empty((hsp, BLOCK), dtype=dtype)  # the block's columns of qs^T and dy^T
+        dyT_block = np.empty((hsp, BLOCK), dtype=dtype)
         bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
         for t0 in range(0, T, BLOCK):
             nk = t0 + BLOCK  # keys this block's queries can see (padding included)
@@ -206,20 +213,22 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
                 t = t0 + i
                 if t >= T:
                     break
-                kmax = _round_up(t + 2, 4)
+                kmax = _round_up(t + 2, STEP)
                 for d in range(0, hsp, 4):
                     _store_2x4(dq, 0, d, _dot_2x4(dS, i, kT, d, 0, kmax), scale)
                 for r in range(2):
                     if t + r < T:
                         for d in range(hs):
                             dqkv[b, t + r, h * hs + d] = dq[r, d]
+            qsT_block[:, :] = qsT[:, t0:nk]
+            dyT_block[:, :] = dyT[:, t0:nk]
             # dk_j += sum_t dS[t, j] qs_t and dv_j += sum_t P[t, j] dy_t over this block's
             # queries t >= j (qs carries the scale dk needs)
             for j in range(0, nk, 2):
-                i0 = max(0, j - t0) // 8 * 8  # earlier queries cannot see key j: skip them
+                i0 = max(0, j - t0) // STEP * STEP  # earlier queries cannot see key j: skip them
                 for d in range(0, hsp, 4):
-                    gk = _dot_2x4(dST, j, qsT, d, i0, BLOCK, t0)
-                    gv = _dot_2x4(PT, j, dyT, d, i0, BLOCK, t0)
+                    gk = _dot_2x4(dST, j, qsT_block, d, i0, BLOCK)
+                    gv = _dot_2x4(PT, j, dyT_block, d, i0, BLOCK)
                     for r in range(2):
                         for c in range(4):
                             dk[j + r, d + c] += gk[4 * r + c]
