@@ -18,7 +18,7 @@ The causal mask is the loop bound t2 <= t, never a -inf (see fastmath).
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from .fastexp import exp_inplace
 
@@ -70,22 +70,33 @@ def _round_up(n, m):
 
 
 @njit(inline="always")
-def _load_head(qkv, b, col, hs, factor, out, out_t):
-    """out (Tp, hsp) <- qkv[b, :, col : col + hs] * factor, and out_t (hsp, Tp) its transpose.
+def _load_head(qkv, b, col, hs, factor, out):
+    """out (Tp, hsp) <- qkv[b, :, col : col + hs] * factor: one head's q, k or v.
 
-    Padding rows and columns (Tp, hsp are T, hs rounded up for the
-    micro-kernel) are zero, so they add nothing to any dot product.
+    The padding (Tp, hsp are T, hs rounded up for the micro-kernel) is
+    left alone: the caller zeroes it once, and zeros add nothing to a dot.
     """
-    T = qkv.shape[1]
-    for t in range(T):
+    for t in range(qkv.shape[1]):
         for d in range(hs):
-            x = qkv[b, t, col + d] * factor
-            out[t, d] = x
-            out_t[d, t] = x
+            out[t, d] = qkv[b, t, col + d] * factor
+
+
+@njit(inline="always")
+def _load_head_transposed(qkv, b, col, hs, factor, out_t):
+    """out_t (hsp, Tp) <- (qkv[b, :, col : col + hs] * factor)^T."""
+    for t in range(qkv.shape[1]):
+        for d in range(hs):
+            out_t[d, t] = qkv[b, t, col + d] * factor
+
+
+@njit(inline="always")
+def _task_range(chunk, n_chunks, n_tasks):
+    """The (batch, head) tasks of one parallel chunk: scratch is allocated once per chunk."""
+    return range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _forward(qkv, n_head, scale, out, lse):
+def _forward(qkv, n_head, scale, out, lse, n_chunks):
     """qkv (B, T, 3C) -> fills out (B, T, C) and lse (B, nh, T).
 
     One task per (batch, head); each first copies its q (scaled), k and
@@ -97,52 +108,51 @@ def _forward(qkv, n_head, scale, out, lse):
     Tp, hsp = _round_up(T + 1, STEP), _round_up(hs, 4)  # + 1: room for a pair's second query
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)  # typed constants: float32 stays float32
-    for task in prange(B * n_head):
-        b, h = task // n_head, task % n_head
+    for chunk in prange(n_chunks):
         q = np.zeros((Tp, hsp), dtype=dtype)
         k = np.zeros((Tp, hsp), dtype=dtype)
-        v = np.zeros((Tp, hsp), dtype=dtype)
         vT = np.zeros((hsp, Tp), dtype=dtype)
-        unused = np.zeros((hsp, Tp), dtype=dtype)
-        _load_head(qkv, b, h * hs, hs, scale, q, unused)  # q * scale: then s = q . k
-        _load_head(qkv, b, C + h * hs, hs, one, k, unused)
-        _load_head(qkv, b, 2 * C + h * hs, hs, one, v, vT)
         P = np.empty((2, Tp), dtype=dtype)  # the pair's score rows, then probabilities
+        inv = np.empty(2, dtype=dtype)
         bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
-        for t in range(0, T, 2):  # queries t and t + 1
-            nk = _round_up(t + 2, STEP)  # keys the pair can see, rounded up (the rest is zeroed)
-            for j in range(0, nk, 4):
-                _store_2x4(P, 0, j, _dot_2x4(q, t, k, j, 0, hsp), one)
-            inv = np.empty(2, dtype=dtype)
-            for r in range(2):
-                n = t + r + 1 if t + r < T else 0  # causal: query t + r sees keys 0..t + r
-                if n == 0:  # the pair's second query is past the end: padding
-                    P[r, :nk] = zero
-                    continue
-                mx = P[r, 0]  # a real score, never -inf (fastmath)
-                for j in range(1, n):
-                    mx = max(mx, P[r, j])
-                for j in range(n):
-                    P[r, j] -= mx  # <= 0: the max keeps exp from overflowing
-                exp_inplace(P[r, :n], bits)
-                total = zero
-                for j in range(n):
-                    total += P[r, j]
-                P[r, n:nk] = zero  # the future: probability exactly 0
-                inv[r] = one / total
-                lse[b, h, t + r] = mx + np.log(total)
-            # y_t = sum_j P[t, j] v_j: the pair's P rows against v^T's rows
-            for d in range(0, hsp, 4):
-                y = _dot_2x4(P, 0, vT, d, 0, nk)
+        for task in _task_range(chunk, n_chunks, B * n_head):
+            b, h = task // n_head, task % n_head
+            _load_head(qkv, b, h * hs, hs, scale, q)  # q * scale: then s = q . k
+            _load_head(qkv, b, C + h * hs, hs, one, k)
+            _load_head_transposed(qkv, b, 2 * C + h * hs, hs, one, vT)
+            for t in range(0, T, 2):  # queries t and t + 1
+                nk = _round_up(t + 2, STEP)  # keys the pair can see, rounded up (the rest is zeroed)
+                for j in range(0, nk, 4):
+                    _store_2x4(P, 0, j, _dot_2x4(q, t, k, j, 0, hsp), one)
                 for r in range(2):
-                    if t + r < T:
-                        for c in range(4):
-                            if d + c < hs:
-                                out[b, t + r, h * hs + d + c] = y[4 * r + c] * inv[r]
+                    n = t + r + 1 if t + r < T else 0  # causal: query t + r sees keys 0..t + r
+                    if n == 0:  # the pair's second query is past the end: padding
+                        P[r, :nk] = zero
+                        continue
+                    mx = P[r, 0]  # a real score, never -inf (fastmath)
+                    for j in range(1, n):
+                        mx = max(mx, P[r, j])
+                    for j in range(n):
+                        P[r, j] -= mx  # <= 0: the max keeps exp from overflowing
+                    exp_inplace(P[r, :n], bits)
+                    total = zero
+                    for j in range(n):
+                        total += P[r, j]
+                    P[r, n:nk] = zero  # the future: probability exactly 0
+                    inv[r] = one / total
+                    lse[b, h, t + r] = mx + np.log(total)
+                # y_t = sum_j P[t, j] v_j: the pair's P rows against v^T's rows
+                for d in range(0, hsp, 4):
+                    y = _dot_2x4(P, 0, vT, d, 0, nk)
+                    for r in range(2):
+                        if t + r < T:
+                            for c in range(4):
+                                if d + c < hs:
+                                    out[b, t + r, h * hs + d + c] = y[4 * r + c] * inv[r]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
+def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
     """dout (B, T, C) -> fills dqkv (B, T, 3C).
 
     For each visible pair (t, j), with P recomputed from lse and s = q.k*scale:
@@ -158,85 +168,93 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv):
     Tp, hsp = _round_up(T, BLOCK), _round_up(hs, 4)  # BLOCK is a multiple of STEP
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)
-    for task in prange(B * n_head):
-        b, h = task // n_head, task % n_head
+    for chunk in prange(n_chunks):
         qs = np.zeros((Tp, hsp), dtype=dtype)  # q * scale
-        qsT = np.zeros((hsp, Tp), dtype=dtype)
         k = np.zeros((Tp, hsp), dtype=dtype)
         kT = np.zeros((hsp, Tp), dtype=dtype)
         v = np.zeros((Tp, hsp), dtype=dtype)
-        vT = np.zeros((hsp, Tp), dtype=dtype)
         dy = np.zeros((Tp, hsp), dtype=dtype)
-        dyT = np.zeros((hsp, Tp), dtype=dtype)
-        _load_head(qkv, b, h * hs, hs, scale, qs, qsT)
-        _load_head(qkv, b, C + h * hs, hs, one, k, kT)
-        _load_head(qkv, b, 2 * C + h * hs, hs, one, v, vT)
-        _load_head(dout, b, h * hs, hs, one, dy, dyT)
-        dk = np.zeros((Tp, hsp), dtype=dtype)
-        dv = np.zeros((Tp, hsp), dtype=dtype)
-        P = np.zeros((BLOCK, Tp), dtype=dtype)  # this block's probabilities
+        dk = np.empty((Tp, hsp), dtype=dtype)
+        dv = np.empty((Tp, hsp), dtype=dtype)
+        P = np.zeros((BLOCK, Tp), dtype=dtype)  # a block's probabilities
         dS = np.zeros((BLOCK, Tp), dtype=dtype)  # and score gradients
         PT = np.zeros((Tp, BLOCK), dtype=dtype)  # both transposed, for dk and dv
         dST = np.zeros((Tp, BLOCK), dtype=dtype)
+        qsT_block = np.zeros((hsp, BLOCK), dtype=dtype)  # the block's queries' qs^T and dy^T
+        dyT_block = np.zeros((hsp, BLOCK), dtype=dtype)
         dq = np.empty((2, hsp), dtype=dtype)
-        qsT_block = np.empty((hsp, BLOCK), dtype=dtype)  # the block's columns of qs^T and dy^T
-        dyT_block = np.empty((hsp, BLOCK), dtype=dtype)
         bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
-        for t0 in range(0, T, BLOCK):
-            nk = t0 + BLOCK  # keys this block's queries can see (padding included)
-            # recompute scores s = q.k and dP = dy.v, two queries by four keys at a time
-            for i in range(0, BLOCK, 2):
-                for j in range(0, _round_up(t0 + i + 2, 4), 4):
-                    _store_2x4(P, i, j, _dot_2x4(qs, t0 + i, k, j, 0, hsp), one)
-                    _store_2x4(dS, i, j, _dot_2x4(dy, t0 + i, v, j, 0, hsp), one)
-            for i in range(BLOCK):
-                t = t0 + i
-                n = t + 1 if t < T else 0  # causal: query t sees keys 0..t; padding sees none
-                if n:
-                    D = zero
-                    for d in range(hs):
-                        D += dy[t, d] * out[b, t, h * hs + d]
-                    m = lse[b, h, t]
-                    for j in range(n):
-                        P[i, j] -= m
-                    exp_inplace(P[i, :n], bits)  # P[t, j], recomputed
-                    for j in range(n):
-                        dS[i, j] = P[i, j] * (dS[i, j] - D)
-                for j in range(n, nk):  # the future gets no gradient
-                    P[i, j] = zero
-                    dS[i, j] = zero
-                for j in range(nk):
-                    PT[j, i] = P[i, j]
-                    dST[j, i] = dS[i, j]
-            # dq_t = scale * sum_j dS[t, j] k_j
-            for i in range(0, BLOCK, 2):
-                t = t0 + i
-                if t >= T:
-                    break
-                kmax = _round_up(t + 2, STEP)
-                for d in range(0, hsp, 4):
-                    _store_2x4(dq, 0, d, _dot_2x4(dS, i, kT, d, 0, kmax), scale)
-                for r in range(2):
-                    if t + r < T:
+        for task in _task_range(chunk, n_chunks, B * n_head):
+            b, h = task // n_head, task % n_head
+            _load_head(qkv, b, h * hs, hs, scale, qs)
+            _load_head(qkv, b, C + h * hs, hs, one, k)
+            _load_head_transposed(qkv, b, C + h * hs, hs, one, kT)
+            _load_head(qkv, b, 2 * C + h * hs, hs, one, v)
+            _load_head(dout, b, h * hs, hs, one, dy)
+            dk[:, :] = zero
+            dv[:, :] = zero
+            for t0 in range(0, T, BLOCK):
+                nk = t0 + BLOCK  # keys this block's queries can see (padding included)
+                # recompute scores s = q.k and dP = dy.v, two queries by four keys at a time
+                for i in range(0, BLOCK, 2):
+                    for j in range(0, _round_up(t0 + i + 2, 4), 4):
+                        _store_2x4(P, i, j, _dot_2x4(qs, t0 + i, k, j, 0, hsp), one)
+                        _store_2x4(dS, i, j, _dot_2x4(dy, t0 + i, v, j, 0, hsp), one)
+                for i in range(BLOCK):
+                    t = t0 + i
+                    n = t + 1 if t < T else 0  # causal: query t sees keys 0..t; padding sees none
+                    if n:
+                        D = zero
                         for d in range(hs):
-                            dqkv[b, t + r, h * hs + d] = dq[r, d]
-            qsT_block[:, :] = qsT[:, t0:nk]
-            dyT_block[:, :] = dyT[:, t0:nk]
-            # dk_j += sum_t dS[t, j] qs_t and dv_j += sum_t P[t, j] dy_t over this block's
-            # queries t >= j (qs carries the scale dk needs)
-            for j in range(0, nk, 2):
-                i0 = max(0, j - t0) // STEP * STEP  # earlier queries cannot see key j: skip them
-                for d in range(0, hsp, 4):
-                    gk = _dot_2x4(dST, j, qsT_block, d, i0, BLOCK)
-                    gv = _dot_2x4(PT, j, dyT_block, d, i0, BLOCK)
+                            D += dy[t, d] * out[b, t, h * hs + d]
+                        m = lse[b, h, t]
+                        for j in range(n):
+                            P[i, j] -= m
+                        exp_inplace(P[i, :n], bits)  # P[t, j], recomputed
+                        for j in range(n):
+                            dS[i, j] = P[i, j] * (dS[i, j] - D)
+                    for j in range(n, nk):  # the future gets no gradient
+                        P[i, j] = zero
+                        dS[i, j] = zero
+                    for j in range(nk):
+                        PT[j, i] = P[i, j]
+                        dST[j, i] = dS[i, j]
+                # dq_t = scale * sum_j dS[t, j] k_j
+                for i in range(0, BLOCK, 2):
+                    t = t0 + i
+                    if t >= T:
+                        break
+                    kmax = _round_up(t + 2, STEP)
+                    for d in range(0, hsp, 4):
+                        _store_2x4(dq, 0, d, _dot_2x4(dS, i, kT, d, 0, kmax), scale)
                     for r in range(2):
-                        for c in range(4):
-                            dk[j + r, d + c] += gk[4 * r + c]
-                            dv[j + r, d + c] += gv[4 * r + c]
-        for t in range(T):
-            for d in range(hs):
-                dqkv[b, t, C + h * hs + d] = dk[t, d]
-                dqkv[b, t, 2 * C + h * hs + d] = dv[t, d]
+                        if t + r < T:
+                            for d in range(hs):
+                                dqkv[b, t + r, h * hs + d] = dq[r, d]
+                # dk_j += sum_t dS[t, j] qs_t and dv_j += sum_t P[t, j] dy_t over this
+                # block's queries t >= j (qs carries the scale dk needs)
+                for i in range(BLOCK):
+                    for d in range(hsp):
+                        qsT_block[d, i] = qs[t0 + i, d]
+                        dyT_block[d, i] = dy[t0 + i, d]
+                for j in range(0, nk, 2):
+                    i0 = max(0, j - t0) // STEP * STEP  # earlier queries cannot see key j: skip them
+                    for d in range(0, hsp, 4):
+                        gk = _dot_2x4(dST, j, qsT_block, d, i0, BLOCK)
+                        gv = _dot_2x4(PT, j, dyT_block, d, i0, BLOCK)
+                        for r in range(2):
+                            for c in range(4):
+                                dk[j + r, d + c] += gk[4 * r + c]
+                                dv[j + r, d + c] += gv[4 * r + c]
+            for t in range(T):
+                for d in range(hs):
+                    dqkv[b, t, C + h * hs + d] = dk[t, d]
+                    dqkv[b, t, 2 * C + h * hs + d] = dv[t, d]
+
+
+def _chunks(n_tasks):
+    """Parallel chunks of (batch, head) tasks: two per thread share the work out evenly enough."""
+    return max(1, min(n_tasks, 2 * get_num_threads()))
 
 
 def forward(qkv, n_head):
@@ -252,7 +270,7 @@ def forward(qkv, n_head):
     scale = qkv.dtype.type(1.0 / math.sqrt(C // n_head))
     out = np.empty((B, T, C), dtype=qkv.dtype)
     lse = np.empty((B, n_head, T), dtype=qkv.dtype)
-    _forward(qkv, n_head, scale, out, lse)
+    _forward(qkv, n_head, scale, out, lse, _chunks(B * n_head))
     return out, (qkv, out, lse, n_head, scale)
 
 
@@ -260,5 +278,5 @@ def backward(dout, cache):
     """dout (B, T, C) -> dqkv (B, T, 3C)."""
     qkv, out, lse, n_head, scale = cache
     dqkv = np.empty_like(qkv)  # every element is written
-    _backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, out, lse, n_head, scale, dqkv)
+    _backward(np.ascontiguousarray(dout, dtype=qkv.dtype), qkv, out, lse, n_head, scale, dqkv, _chunks(qkv.shape[0] * n_head))
     return dqkv
