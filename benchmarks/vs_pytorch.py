@@ -1,4 +1,4 @@
-"""npgpt against the same GPT-2 written in PyTorch, same CPU, same 2 threads.
+"""npgpt against the same GPT-2 written in PyTorch, same CPU, same threads (2 by default).
 
     python benchmarks/vs_pytorch.py                 # S, M and L, 3 rounds each
     python benchmarks/vs_pytorch.py --configs S --rounds 5
@@ -13,7 +13,7 @@ The PyTorch model below is written for this comparison: GPT-2's
 architecture as npgpt builds it (pre-LN blocks, GELU tanh, tied LM head,
 biases, GPT-2 init), trained the way PyTorch trains fastest on a CPU:
 eager mode, F.scaled_dot_product_attention(is_causal=True), fused AdamW,
-float32, torch.set_num_threads(2).  Needs torch (pip install torch==2.13.0).
+float32, torch.set_num_threads(--threads).  Needs torch (pip install torch==2.13.0).
 """
 import argparse
 import json
@@ -161,7 +161,7 @@ def main(argv=None):
         print(json.dumps(torch_worker(names[0], args.steps or default_steps[names[0]], args.warmup)))
         return 0
     print(f"{'config':<7}{'npgpt tok/s':>12}{'torch tok/s':>12}{'ratio':>7}   {'ms fwd/bwd/opt npgpt':>21}"
-          f"{'torch':>13}   {'RSS MB npgpt':>12}{'torch':>7}   {'MFU npgpt':>9}")
+          f"{'torch':>17}   {'RSS MB npgpt':>12}{'torch':>7}   {'MFU npgpt':>9}")
     for name in names:
         steps = args.steps or default_steps[name]
         results = {"npgpt": [], "torch": []}
@@ -172,7 +172,7 @@ def main(argv=None):
         mid = {f: sorted(rs, key=lambda r: r["tokens_per_s"])[len(rs) // 2] for f, rs in results.items()}
         rss = {f: max(r["peak_rss_mb"] for r in rs) for f, rs in results.items()}
         print(f"{name:<7}{med['npgpt']:>12,.0f}{med['torch']:>12,.0f}{med['npgpt'] / med['torch']:>6.2f}x   "
-              f"{fmt_split(mid['npgpt']):>21}{fmt_split(mid['torch']):>13}   {rss['npgpt']:>12.0f}{rss['torch']:>7.0f}"
+              f"{fmt_split(mid['npgpt']):>21}{fmt_split(mid['torch']):>17}   {rss['npgpt']:>12.0f}{rss['torch']:>7.0f}"
               f"   {100 * mid['npgpt']['mfu']:>8.0f}%", flush=True)
     print(f"({args.rounds} alternating rounds per config, each framework in its own process, {args.threads} thread(s); "
           "tokens/s is the median over rounds of each process's median step)")
