@@ -63,7 +63,7 @@ class TrainConfig:
     lr_patience: int = 2  # plateau schedule, in evaluations
     weight_decay: float = 0.1
     beta1: float = 0.9
-    beta2: float = 0.95
+    beta2: float = 0.99  # nanoGPT's Shakespeare setting: few tokens per step, so average v over longer
     grad_clip: float = 1.0  # 0: off
     grad_accum: int = 1
     eval_interval: int = 250
