@@ -315,15 +315,22 @@ def test_model_default_backend_is_numba():
 
 
 def test_reference_runs_without_jit():
-    """NUMBA_DISABLE_JIT=1: the NumPy reference model still trains a step."""
+    """NUMBA_DISABLE_JIT=1: the NumPy reference model still trains a step, and the
+    kernels, now plain Python a learner can step through, still give its results."""
     script = textwrap.dedent("""
         import numpy as np
         from npgpt.model import GPT, GPTConfig
-        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, backend="numpy"))
+        cfg = dict(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dtype="float64")
+        model = GPT(GPTConfig(backend="numpy", **cfg))
         idx = np.random.default_rng(0).integers(0, 11, (2, 8))
-        loss, cache = model.forward(idx, idx)
+        loss, cache = model.forward(idx, idx, label_smoothing=0.1)
         grads = model.backward(cache)
         assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
+        interpreted = GPT(GPTConfig(backend="numba", **cfg))
+        loss_k, cache_k = interpreted.forward(idx, idx, label_smoothing=0.1)
+        grads_k = interpreted.backward(cache_k)
+        assert abs(loss_k - loss) < 1e-12 * loss
+        assert all(np.allclose(grads_k[k], grads[k], rtol=1e-9, atol=1e-14) for k in grads)
         import numba
         assert numba.config.DISABLE_JIT
         print("ok", loss)
