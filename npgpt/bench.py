@@ -153,10 +153,12 @@ def _optimizer_for(backend):
     return adamw_step
 
 
-def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", seed=0):
-    """-> dict of every figure `npgpt bench` prints."""
+def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", seed=0, block_size=None):
+    """-> dict of every figure `npgpt bench` prints.  block_size overrides the config's."""
     start = time.perf_counter()
     sizes, batch_size = CONFIGS[name]
+    if block_size is not None:
+        sizes = dict(sizes, block_size=block_size)
     config = GPTConfig(backend=backend, **sizes)
     trainer = Trainer(config, batch_size, seed)
     warm = Timer()
@@ -184,6 +186,7 @@ def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", se
     flops = model_flops_per_step(config, batch_size)
     return {
         "framework": "npgpt", "config": name, "backend": backend, "batch_size": batch_size,
+        "block_size": config.block_size,
         "params": trainer.model.num_params, "tokens_per_step": tokens,
         "step_ms": 1e3 * step_s, "step_ms_mean": 1e3 * statistics.mean(step_times),
         "tokens_per_s": tokens / step_s,
@@ -196,7 +199,7 @@ def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", se
 
 def format_report(r):
     lines = [
-        f"npgpt bench --config {r['config']} (backend {r['backend']}, batch {r['batch_size']}, "
+        f"npgpt bench --config {r['config']} (backend {r['backend']}, batch {r['batch_size']}, block {r['block_size']}, "
         f"{r['params'] / 1e6:.2f}M params, {r['tokens_per_step']} tokens/step)",
         f"  tokens/s        {r['tokens_per_s']:,.0f}",
         f"  ms/step         {r['step_ms']:.1f} (median; mean {r['step_ms_mean']:.1f})  = "
@@ -222,12 +225,16 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (JIT, page faults)")
     parser.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="override the config's block size (e.g. M at 512: attention memory grows as T)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
 
 
 def run(args):
     if args.steps < 1 or args.warmup < 0:
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
-    result = run_benchmark(args.config, args.steps, args.warmup, backend=args.backend)
+    if args.block_size is not None and args.block_size < 1:
+        raise ValueError("--block-size must be >= 1")
+    result = run_benchmark(args.config, args.steps, args.warmup, backend=args.backend, block_size=args.block_size)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
