@@ -26,7 +26,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 import safetensors.numpy
 
 from .errors import UserError
@@ -131,7 +130,6 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
     Returns the snapshot directory.
     """
     os.makedirs(out_dir, exist_ok=True)
-    old = read_pointer(out_dir)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         os.chmod(staging, 0o777 & ~_umask())

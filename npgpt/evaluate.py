@@ -9,8 +9,6 @@ are deterministic.
 """
 import math
 
-import numpy as np
-
 from . import checkpoint, data
 from .errors import UserError
 from .model import GPTConfig

@@ -1,6 +1,5 @@
 """Bad input: one clear line on stderr, exit status 2, no traceback, nothing lost."""
 import json
-import os
 
 import pytest
 
