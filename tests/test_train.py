@@ -84,3 +84,14 @@ def test_defaults_of_the_cli_are_the_train_config_defaults():
     args = parser.parse_args([])
     cfg, ckpt = train_module.resolve_settings(args)
     assert cfg == train_module.TrainConfig(lr_decay_iters=cfg.max_iters) and ckpt is None
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    data = write_corpus(tmp_path)
+    out = tmp_path / "out"
+    assert train("--data", data, "--out", out, "--max-iters", 5) == 0
+    (out / "checkpoint.json").write_text("garbage")  # even a corrupt old run is replaced
+    assert train("--data", data, "--out", out, "--max-iters", 10, "--overwrite") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [0, 5, 10]
+    assert json.loads((out / "checkpoint.json").read_text())["iter"] == 10
