@@ -81,8 +81,17 @@ def token_dtype(vocab_size):
 
 
 def encode(text, tokenizer):
-    """str -> 1-D compact token array."""
-    return np.array(tokenizer.encode(text), dtype=token_dtype(tokenizer.vocab_size))
+    """str -> 1-D compact token array.
+
+    A corpus may separate documents with special tokens such as
+    <|endoftext|> (GPT-2's training data does): a tokenizer that has
+    special tokens encodes them as such rather than refusing the corpus.
+    """
+    if getattr(tokenizer, "special_tokens", None):
+        ids = tokenizer.encode(text, allowed_special="all")
+    else:
+        ids = tokenizer.encode(text)
+    return np.array(ids, dtype=token_dtype(tokenizer.vocab_size))
 
 
 @dataclass

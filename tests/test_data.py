@@ -81,3 +81,15 @@ def test_too_short_corpus_is_reported():
     with pytest.raises(UserError, match="fewer than block_size"):
         data.check_long_enough(np.arange(10), 10, "training split")
     data.check_long_enough(np.arange(11), 10, "training split")
+
+
+def test_bpe_corpus_with_endoftext_separators_encodes_them_as_the_special_token():
+    from npgpt.data import encode
+    from npgpt.tokenizers.bpe import BPETokenizer
+
+    text = "first document here<|endoftext|>second document there<|endoftext|>" * 20
+    tok = BPETokenizer.train(text, 270)
+    ids = encode(text, tok).tolist()
+    eot = tok.special_tokens["<|endoftext|>"]
+    assert ids.count(eot) == 40
+    assert tok.decode(ids) == text
