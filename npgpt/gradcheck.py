@@ -20,6 +20,10 @@ import numpy as np
 # has truncation error O(h^4) instead of the two-point rule's O(h^2), so h can
 # be large (1e-3), which makes the rounding error (~1e-16 / h) small too.
 DEFAULT_EPS = 1e-3  # see docs/gradcheck.md
+# A whole model composes many layers, so its loss has larger high-order
+# derivatives: at 1e-3 the O(h^4) truncation reached 2.4e-6 on one entry in
+# an exhaustive check; 5e-4 keeps both truncation and rounding below 2e-7.
+MODEL_EPS = 5e-4
 DEFAULT_TOL = 1e-6
 TINY = 1e-12  # floor of the relative error's denominator, so 0 vs 0 counts as exact
 # A gradient entry 100,000 times smaller than the largest gradient in the
@@ -174,7 +178,7 @@ def check_layer(forward, backward, inputs, name="layer", eps=DEFAULT_EPS, tol=DE
     return compare(name, pairs, tol, floor)
 
 
-def check_model(model, idx, targets, name="model", eps=DEFAULT_EPS, tol=DEFAULT_TOL,
+def check_model(model, idx, targets, name="model", eps=MODEL_EPS, tol=DEFAULT_TOL,
                 max_entries=8, seed=0, dropout_seed=None, floor=NOISE_FLOOR, **forward_kwargs):
     """Check every parameter tensor of a GPT against central differences.
 

@@ -78,6 +78,7 @@ def run(args):
     n_fail = sum(not r.passed for r in report.results)
     verdict = "all passed" if report.passed else f"{n_fail} FAILED"
     print(f"\n{len(report.results)} checks, {verdict} (float64, five-point central differences, "
-          f"eps={gradcheck.DEFAULT_EPS:g}, tolerance {gradcheck.DEFAULT_TOL:g}) in {time.perf_counter() - start:.1f}s")
+          f"eps={gradcheck.DEFAULT_EPS:g} for layers and {gradcheck.MODEL_EPS:g} for the model, "
+          f"tolerance {gradcheck.DEFAULT_TOL:g}) in {time.perf_counter() - start:.1f}s")
     return 0 if report.passed else 1
 
