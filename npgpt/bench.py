@@ -15,7 +15,6 @@ Model FLOPs per step (the usual count, same for any framework):
                                     forward 2 B T^2 C, backward twice that)
 """
 import json
-import math
 import resource
 import statistics
 import time
@@ -23,6 +22,7 @@ import time
 import numpy as np
 
 from .model import GPT, GPTConfig
+from .optim import decay_mask
 
 # The issue's benchmark configs: (model sizes, batch size).
 CONFIGS = {
@@ -120,9 +120,7 @@ class Trainer:
         self.grad = np.zeros(n, self.model.dtype)
         self.m = np.zeros(n, self.model.dtype)
         self.v = np.zeros(n, self.model.dtype)
-        # 1 where weight decay applies (matrices), 0 elsewhere; one byte per parameter
-        self.decay = np.concatenate([np.full(math.prod(s), len(s) == 2, np.uint8)
-                                     for s in self.model.shapes.values()])
+        self.decay = decay_mask(self.model.shapes)  # one byte per parameter
         self.step_count = 0
         rng = np.random.default_rng(seed)
         T = config.block_size

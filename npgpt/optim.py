@@ -22,8 +22,8 @@ import numpy as np
 def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, step):
     """One AdamW update, in place.  All arrays flat 1-D (N,) of one dtype.
 
-    param, m, v: updated in place.  decay: 1.0 where weight decay applies
-    (2-D weights), 0.0 elsewhere (biases, layer-norm gains).  step: the
+    param, m, v: updated in place.  decay: 1 where weight decay applies
+    (2-D weights), 0 elsewhere, any numeric dtype (biases, layer-norm gains).  step: the
     1-based count of updates, for bias correction.
 
         m = beta1 m + (1 - beta1) g            v = beta2 v + (1 - beta2) g^2
@@ -38,7 +38,7 @@ def adamw_step(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, st
     v *= beta2
     v += (1.0 - beta2) * (grad * grad)
     if weight_decay:
-        param -= (lr * weight_decay) * decay * param
+        param -= (lr * weight_decay) * (decay * param)  # decay * param first: a uint8 mask keeps param's dtype
     step_size = lr / (1.0 - beta1**step)
     denom = np.sqrt(v) * (1.0 / math.sqrt(1.0 - beta2**step))
     denom += eps
@@ -51,14 +51,15 @@ def global_norm(grad):
     return math.sqrt(float(np.dot(g, g)))
 
 
-def decay_mask(shapes, dtype):
-    """{name: shape} in storage order -> flat (N,) mask: 1.0 on 2-D weights, 0.0 elsewhere.
+def decay_mask(shapes, dtype=np.uint8):
+    """{name: shape} in storage order -> flat (N,) mask: 1 on 2-D weights, 0 elsewhere.
 
     Matrices (linear weights and the embeddings) are decayed; biases and
     layer-norm gains are not, since shrinking them towards 0 has no
-    regularising meaning.
+    regularising meaning.  One byte per parameter by default: a float32
+    mask would cost 500 MB at GPT-2 124M size.
     """
-    parts = [np.full(math.prod(s), 1.0 if len(s) == 2 else 0.0, dtype=dtype) for s in shapes.values()]
+    parts = [np.full(math.prod(s), 1 if len(s) == 2 else 0, dtype=dtype) for s in shapes.values()]
     return np.concatenate(parts)
 
 
@@ -95,7 +96,7 @@ class AdamW:
         self.eps, self.weight_decay, self.grad_clip = float(eps), float(weight_decay), float(grad_clip)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
-        self.decay = decay_mask(model.shapes, self.params.dtype)
+        self.decay = decay_mask(model.shapes)
         self.step_count = 0
         self._adamw_step, self._global_norm = kernels_for(model.config.backend)
 

@@ -60,7 +60,7 @@ def test_adamw_step_matches_the_textbook(adamw_step, global_norm, dtype):
 
 def test_weight_decay_only_touches_2d_weights():
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    mask = optim.decay_mask(model.shapes, np.float32)
+    mask = optim.decay_mask(model.shapes)
     masks = dict(zip(model.shapes, np.split(mask, np.cumsum([p.size for p in model.params.values()])[:-1])))
     for name, m in masks.items():
         expected = 1.0 if model.params[name].ndim == 2 else 0.0
