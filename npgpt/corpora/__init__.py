@@ -1,0 +1,1 @@
+"""Text corpora shipped with npgpt (Tiny Shakespeare, public domain)."""
