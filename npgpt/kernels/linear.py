@@ -42,6 +42,6 @@ def backward_into(dout, cache, dw, db):
         np.matmul(x2.T, dout2, out=dw)  # (Cin, N) @ (N, Cout), written in place by BLAS
     else:  # a transposed view, such as the tied LM head's wte^T: write (dw^T) = dout^T x instead
         np.matmul(dout2.T, x2, out=dw.T)
-    if db is not None:
+    if has_bias:  # a bias added elsewhere (fused into GELU) has its gradient summed there
         np.sum(dout2, axis=0, out=db)
     return (dout2 @ w.T).reshape(x.shape)
