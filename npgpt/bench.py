@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from .model import GPT, GPTConfig
-from .optim import decay_mask
+from .optim import decay_mask, kernels_for
 
 # The benchmark configs: (model sizes, batch size).
 CONFIGS = {
@@ -115,7 +115,7 @@ class Trainer:
 
     def __init__(self, config, batch_size, seed=0):
         self.model = GPT(config, seed=seed)
-        self.optimizer_step = _optimizer_for(config.backend)
+        self.optimizer_step = kernels_for(config.backend)[0]  # adamw_step
         n = self.model.num_params
         self.grad = np.zeros(n, self.model.dtype)
         self.m = np.zeros(n, self.model.dtype)
@@ -138,17 +138,6 @@ class Trainer:
             self.optimizer_step(self.model.flat_params, self.grad, self.m, self.v, self.decay,
                                 step=self.step_count, **ADAMW)
         return loss
-
-
-def _optimizer_for(backend):
-    if backend == "numba":
-        from .kernels.optim import adamw_step
-        return adamw_step
-    try:
-        from .optim import adamw_step
-    except ImportError:
-        from .kernels.optim import adamw_step
-    return adamw_step
 
 
 def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", seed=0, block_size=None):

@@ -11,8 +11,6 @@ same signatures, used when the model runs on the "numba" backend.
     loss = accumulate_gradients(model, batches, grad)   # mean over micro-batches
     grad_norm = opt.step(grad, schedule.lr(it))
 """
-import importlib
-import importlib.util
 import math
 
 import numpy as np
@@ -70,15 +68,11 @@ def clip_by_global_norm(grad, max_norm, norm):
 
 
 def kernels_for(backend):
-    """(adamw_step, global_norm): Numba's when the backend is "numba" and they exist, else NumPy's."""
+    """(adamw_step, global_norm): Numba's fused versions for the "numba" backend, else NumPy's."""
     if backend == "numba":
-        try:
-            spec = importlib.util.find_spec("npgpt.kernels.optim")
-        except ImportError:  # no npgpt.kernels package at all
-            spec = None
-        if spec is not None:
-            module = importlib.import_module("npgpt.kernels.optim")
-            return module.adamw_step, module.global_norm
+        from .kernels import optim as fused
+
+        return fused.adamw_step, fused.global_norm
     return adamw_step, global_norm
 
 

@@ -15,7 +15,6 @@ Settings come from, in increasing priority: the defaults below, the
 checkpoint being resumed, a --config TOML file, and command-line flags.
 """
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -238,18 +237,6 @@ def resolve_settings(args):
     return cfg, ckpt
 
 
-def resolve_backend(name):
-    """name, after checking that it is installed (a checkpoint may name numba on a machine without it)."""
-    if name == "numba":
-        try:
-            has_kernels = importlib.util.find_spec("npgpt.kernels") is not None
-        except ImportError:
-            has_kernels = False
-        if not has_kernels:
-            raise UserError("the numba backend is not available in this install; use --backend numpy")
-    return name
-
-
 def prepare_out_dir(out, resume, overwrite):
     """Make sure `out` is writable before any work, and never silently replace a previous run."""
     try:
@@ -310,7 +297,7 @@ class Trainer:
         data.check_long_enough(self.corpus.train, cfg.block_size, "training split (90% of the corpus)")
         data.check_long_enough(self.corpus.val, cfg.block_size, "validation split (10% of the corpus)")
 
-        backend = resolve_backend(cfg.backend)
+        backend = cfg.backend  # GPTConfig validates the name
         if ckpt is None:
             model_config = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size,
                                      n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,

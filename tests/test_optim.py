@@ -1,5 +1,4 @@
 """AdamW, clipping, accumulation and the learning-rate schedules."""
-import importlib.util
 import math
 
 import numpy as np
@@ -26,16 +25,10 @@ def textbook_adamw(p, grads, decay, lr, b1, b2, eps, wd):
 
 
 def adamw_implementations():
-    impls = [pytest.param(optim.adamw_step, optim.global_norm, id="numpy")]
-    try:
-        has_kernel = importlib.util.find_spec("npgpt.kernels.optim") is not None
-    except ImportError:
-        has_kernel = False
-    if has_kernel:
-        from npgpt.kernels import optim as kernel
+    from npgpt.kernels import optim as kernel
 
-        impls.append(pytest.param(kernel.adamw_step, kernel.global_norm, id="numba"))
-    return impls
+    return [pytest.param(optim.adamw_step, optim.global_norm, id="numpy"),
+            pytest.param(kernel.adamw_step, kernel.global_norm, id="numba")]
 
 
 @pytest.mark.parametrize("adamw_step, global_norm", adamw_implementations())
