@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import safetensors.numpy
 
 from .errors import UserError
+from .fileio import atomic_write_bytes, current_umask, fsync_dir
 from .model import GPT, GPTConfig
 
 POINTER = "checkpoint.json"
@@ -55,38 +56,6 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------ writing
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path, data):
-    """Write data to path so that readers see the old file or the new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def _json_bytes(obj):
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -132,7 +101,7 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         hashes = {}
         _write_file(staging, "model.safetensors", safetensors.numpy.save(dict(model.params)), hashes)
         if optimizer_arrays:
@@ -140,10 +109,10 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         _write_file(staging, "config.json", _json_bytes(model.config.to_dict()), hashes)
         _write_file(staging, "tokenizer.json", _json_bytes(tokenizer.to_dict()), hashes)
         _write_file(staging, "state.json", _json_bytes(state), hashes)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         name = _new_snapshot_name(out_dir, int(state.get("iter", 0)))
         os.rename(staging, os.path.join(out_dir, name))  # atomic: the snapshot appears complete
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

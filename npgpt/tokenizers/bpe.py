@@ -30,6 +30,7 @@ from collections import Counter
 import regex
 
 from ..errors import UserError
+from ..fileio import atomic_write_bytes
 
 # GPT-2's pre-tokenization: contractions, an optional space + letters, an
 # optional space + digits, an optional space + other symbols, then
@@ -555,8 +556,5 @@ def _parse_merges(lines, where):
 
 
 def _write_atomically(path, text):
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write UTF-8 text so that a crash never leaves half a file (see npgpt.fileio)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
