@@ -237,11 +237,14 @@ class GPT:
         return float(loss), caches
 
     # --------------------------------------------------------------- backward
-    def backward(self, cache, out=None):
+    def backward(self, cache, out=None, dloss=1.0):
         """cache from forward -> {name: gradient}, the same keys and shapes as params.
 
         out: an optional flat buffer (num_params,) to write the gradients
         into (reused across steps by the trainer); a new one otherwise.
+        dloss: the gradient of the final objective with respect to this
+        loss, 1 by default; a weight when a batch is split into shards whose
+        gradients are summed (npgpt/parallel.py).
         Every entry of it is overwritten.  With the numba backend the cache
         is consumed: it is emptied, so that each layer's activations are freed
         as soon as its backward is done, and its logits become dlogits.
@@ -258,9 +261,9 @@ class GPT:
 
         # cross-entropy and the tied LM head: logits = x @ wte^T
         if self.fused:
-            dlogits = ops.cross_entropy.backward_in_place(1.0, c_ce)  # (B, T, V), over the logits' memory
+            dlogits = ops.cross_entropy.backward_in_place(dloss, c_ce)  # (B, T, V), over the logits' memory
         else:
-            dlogits = ops.cross_entropy.backward(1.0, c_ce)  # (B, T, V)
+            dlogits = ops.cross_entropy.backward(dloss, c_ce)  # (B, T, V)
         # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
         dx = self._linear_backward(dlogits, c_head, G["wte.weight"].T, None)
         del dlogits

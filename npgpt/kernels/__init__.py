@@ -10,7 +10,7 @@ How they are fast:
 - matrix products go to BLAS (`@`) on one (B*T, C) matrix, never inside a
   parallel loop (OpenBLAS's threads and Numba's would fight for the cores);
 - everything around the products is one fused `prange` pass compiled with
-  `@njit(parallel=True, cache=True, fastmath=True)`;
+  `@njit(parallel=True, cache=True, fastmath=True, nogil=True)`;
 - attention never builds the (T, T) probability matrix: the forward keeps one
   log-sum-exp per (batch, head, query) and the backward recomputes the
   probabilities from it, so its memory grows as T, not T^2;

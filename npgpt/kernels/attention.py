@@ -95,7 +95,7 @@ def _task_range(chunk, n_chunks, n_tasks):
     return range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _forward(qkv, n_head, scale, out, lse, n_chunks):
     """qkv (B, T, 3C) -> fills out (B, T, C) and lse (B, nh, T).
 
@@ -151,7 +151,7 @@ def _forward(qkv, n_head, scale, out, lse, n_chunks):
                                     out[b, t + r, h * hs + d + c] = y[4 * r + c] * inv[r]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
     """dout (B, T, C) -> fills dqkv (B, T, 3C).
 

@@ -13,7 +13,7 @@ from numba import njit, prange
 from .fastexp import exp_inplace
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _forward(logits, targets, valid, label_smoothing, lse, losses):
     """logits (N, V), targets (N,) -> fills lse (N,), losses (N,) (0 where not valid).
 
@@ -47,7 +47,7 @@ def _forward(logits, targets, valid, label_smoothing, lse, losses):
             losses[r] = zero
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _backward(logits, targets, lse, weight, label_smoothing, dlogits):
     """Fills dlogits (N, V) = (softmax(logits) - target distribution) * weight[row].
 

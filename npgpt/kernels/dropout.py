@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _apply(x, keep, scale, out):
     """x (n,), keep (n,) bool -> out = x * scale where keep, else 0."""
     zero = x.dtype.type(0)

@@ -5,7 +5,7 @@ from numba import njit, prange
 COLUMN_BLOCK = 64  # columns per parallel task in backward: rows stay contiguous
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _lookup(idx, wte, wpe, out):
     """idx (B, T) int, wte (V, C), wpe (Tmax, C) -> out (B, T, C) filled in place."""
     B, T = idx.shape
@@ -17,7 +17,7 @@ def _lookup(idx, wte, wpe, out):
             out[b, t, c] = wte[token, c] + wpe[t, c]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _scatter_add(idx, dout, dwte, dwpe):
     """dout (B, T, C) -> adds into dwte (V, C) and dwpe (Tmax, C).
 

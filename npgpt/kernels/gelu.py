@@ -30,7 +30,7 @@ def _exp_of_minus_2u(x, k2, cubic, limit):
     return min(k2 * (x + cubic * x * x * x), limit)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _forward(x, b, has_bias, out, n_tasks):
     """x (N, D), b (D,) -> out = gelu(x + b) (N, D).  With has_bias, x becomes x + b in place."""
     N, D = x.shape
@@ -49,7 +49,7 @@ def _forward(x, b, has_bias, out, n_tasks):
                 out[r, c] = x[r, c] / (one + e[c])  # x sigmoid(2u)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _backward(dout, pre, dx, db_part):
     """dout, pre (N, D) -> dx (N, D); db_part (n_tasks, D) gets each task's rows' sum of dx.
 

@@ -11,7 +11,7 @@ from numba import get_num_threads, njit, prange
 ROWS_PER_CHUNK = 64  # backward: rows per parallel task, each with its own dw/db partial sums
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _forward(x, w, b, has_bias, eps, out, mean, rstd):
     """x (N, C), w (C,), b (C,) -> fills out (N, C), mean (N,), rstd (N,)."""
     N, C = x.shape
@@ -34,7 +34,7 @@ def _forward(x, w, b, has_bias, eps, out, mean, rstd):
             out[r, c] = y + b[c] if has_bias else y
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _backward(dout, x, mean, rstd, w, dx, dw_part, db_part):
     """dout, x (N, C) -> dx (N, C); dw_part, db_part (n_chunks, C) per-chunk sums.
 

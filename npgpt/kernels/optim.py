@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _adamw(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
     one = param.dtype.type(1)
     for i in prange(param.size):
@@ -24,7 +24,7 @@ def _adamw(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, bias1,
         param[i] = p - lr * (m[i] / bias1) / (np.sqrt(v[i] / bias2) + eps)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _sum_squares(a):
     total = 0.0  # float64: 124M float32 squares would lose digits in float32
     for i in prange(a.size):
