@@ -17,12 +17,14 @@ Model FLOPs per step (the usual count, same for any framework):
 import json
 import resource
 import statistics
+import threading
 import time
 
 import numpy as np
 
 from .model import GPT, GPTConfig
 from .optim import decay_mask, kernels_for
+from .parallel import DataParallel, choose_workers
 
 # The issue's benchmark configs: (model sizes, batch size).
 CONFIGS = {
@@ -67,6 +69,7 @@ class Timer:
 
     def __init__(self):
         self.totals = {}
+        self.lock = threading.Lock()  # data-parallel workers add to the same totals
 
     def __call__(self, name):
         return _Span(self, name)
@@ -80,7 +83,9 @@ class _Span:
         self.start = time.perf_counter()
 
     def __exit__(self, *exc):
-        self.timer.totals[self.name] = self.timer.totals.get(self.name, 0.0) + time.perf_counter() - self.start
+        elapsed = time.perf_counter() - self.start
+        with self.timer.lock:
+            self.timer.totals[self.name] = self.timer.totals.get(self.name, 0.0) + elapsed
 
 
 class TimedOps:
@@ -111,10 +116,17 @@ class _TimedModule:
 
 
 class Trainer:
-    """The benchmarked step: forward, backward into a reused flat buffer, AdamW."""
+    """The benchmarked step: forward, backward into a reused flat buffer, AdamW.
 
-    def __init__(self, config, batch_size, seed=0):
+    workers > 1 splits the batch across that many data-parallel threads
+    (npgpt/parallel.py), as `npgpt train` does; forward and backward then
+    run interleaved inside the workers and are timed together.
+    """
+
+    def __init__(self, config, batch_size, seed=0, workers=0):
         self.model = GPT(config, seed=seed)
+        workers = workers or choose_workers(self.model, batch_size)
+        self.parallel = DataParallel(self.model, workers) if workers > 1 else None
         self.optimizer_step = kernels_for(config.backend)[0]  # adamw_step
         n = self.model.num_params
         self.grad = np.zeros(n, self.model.dtype)
@@ -128,26 +140,36 @@ class Trainer:
         self.targets = rng.integers(0, config.vocab_size, (batch_size, T))
 
     def step(self, timer):
-        with timer("forward"):
-            loss, cache = self.model.forward(self.idx, self.targets)
-        with timer("backward"):
-            self.model.backward(cache, out=self.grad)
-            del cache
+        if self.parallel is not None:
+            with timer("forward+backward"):
+                loss = self.parallel.loss_and_grad(self.idx, self.targets, self.grad)
+        else:
+            loss = self._forward_backward(timer)
         with timer("optimizer"):
             self.step_count += 1
             self.optimizer_step(self.model.flat_params, self.grad, self.m, self.v, self.decay,
                                 step=self.step_count, **ADAMW)
         return loss
 
+    def _forward_backward(self, timer):
+        with timer("forward"):
+            loss, cache = self.model.forward(self.idx, self.targets)
+        with timer("backward"):
+            self.model.backward(cache, out=self.grad)
+            del cache
+        return loss
 
-def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", seed=0, block_size=None):
-    """-> dict of every figure `npgpt bench` prints.  block_size overrides the config's."""
+
+def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", seed=0, block_size=None, workers=0):
+    """-> dict of every figure `npgpt bench` prints.  block_size overrides the config's;
+    workers: data-parallel threads, 0 for `npgpt train`'s automatic choice."""
     start = time.perf_counter()
     sizes, batch_size = CONFIGS[name]
     if block_size is not None:
         sizes = dict(sizes, block_size=block_size)
     config = GPTConfig(backend=backend, **sizes)
-    trainer = Trainer(config, batch_size, seed)
+    trainer = Trainer(config, batch_size, seed, workers)
+    workers = trainer.parallel.workers if trainer.parallel else 1
     warm = Timer()
     for _ in range(warmup):  # JIT compile (or load from cache), first page faults
         trainer.step(warm)
@@ -180,7 +202,9 @@ def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", se
         "step_ms": 1e3 * step_s, "step_ms_mean": 1e3 * statistics.mean(step_times),
         "tokens_per_s": tokens / step_s,
         "split_ms": {k: 1e3 * v / steps for k, v in timer.totals.items()},
-        "kernels_ms": {k: 1e3 * v / profile_steps for k, v in sorted(kernels.totals.items(), key=lambda kv: -kv[1])},
+        "workers": workers,
+        # data-parallel workers run kernels at the same time: their summed time / workers is the step's share
+        "kernels_ms": {k: 1e3 * v / profile_steps / workers for k, v in sorted(kernels.totals.items(), key=lambda kv: -kv[1])},
         "profiled_step_ms": 1e3 * profiled.totals["step"] / profile_steps,
         "gflops": flops / step_s / 1e9, "sgemm_peak_gflops": peak, "mfu": flops / step_s / 1e9 / peak,
         "peak_rss_mb": rss, "warmup_s": first_steps_s, "loss": float(trainer.step(Timer())),
@@ -190,7 +214,8 @@ def run_benchmark(name, steps=10, warmup=2, profile_steps=2, backend="numba", se
 def format_report(r):
     lines = [
         f"npgpt bench --config {r['config']} (backend {r['backend']}, batch {r['batch_size']}, block {r['block_size']}, "
-        f"{r['params'] / 1e6:.2f}M params, {r['tokens_per_step']} tokens/step)",
+        f"{r['params'] / 1e6:.2f}M params, {r['tokens_per_step']} tokens/step, "
+        f"{r['workers']} data-parallel worker(s))",
         f"  tokens/s        {r['tokens_per_s']:,.0f}",
         f"  ms/step         {r['step_ms']:.1f} (median; mean {r['step_ms_mean']:.1f})  = "
         + " + ".join(f"{k} {v:.1f}" for k, v in r["split_ms"].items()),
@@ -199,13 +224,14 @@ def format_report(r):
         f"  MFU             {100 * r['mfu']:.0f}% of the sgemm peak",
         f"  peak RSS        {r['peak_rss_mb']:.0f} MB",
         f"  warm-up steps   {r['warmup_s']:.1f} s (includes JIT compile or cache load)",
-        f"  per kernel, ms/step (separately timed steps of {r['profiled_step_ms']:.1f} ms):",
+        f"  per kernel, ms/step (separately timed steps of {r['profiled_step_ms']:.1f} ms"
+        + ("; workers' time / workers" if r["workers"] > 1 else "") + "):",
     ]
     step = r["profiled_step_ms"]
     for k, v in r["kernels_ms"].items():
         lines.append(f"    {k:<32} {v:8.2f}  {100 * v / step:5.1f}%")
     rest = step - sum(r["kernels_ms"].values())
-    lines.append(f"    {'rest (optimizer, residual adds)':<32} {rest:8.2f}  {100 * rest / step:5.1f}%")
+    lines.append(f"    {'rest (optimizer, adds, grad sum)':<32} {rest:8.2f}  {100 * rest / step:5.1f}%")
     return "\n".join(lines)
 
 
@@ -217,6 +243,8 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     parser.add_argument("--block-size", type=int, default=None,
                         help="override the config's block size (e.g. M at 512: attention memory grows as T)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data-parallel threads (0: as npgpt train chooses; 1: split each operation instead)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
 
 
@@ -225,6 +253,9 @@ def run(args):
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
     if args.block_size is not None and args.block_size < 1:
         raise ValueError("--block-size must be >= 1")
-    result = run_benchmark(args.config, args.steps, args.warmup, backend=args.backend, block_size=args.block_size)
+    if args.workers < 0:
+        raise ValueError("--workers must be >= 0")
+    result = run_benchmark(args.config, args.steps, args.warmup, backend=args.backend, block_size=args.block_size,
+                           workers=args.workers)
     print(json.dumps(result) if args.json else format_report(result))
     return 0

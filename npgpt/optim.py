@@ -120,28 +120,31 @@ class AdamW:
 
 
 # ------------------------------------------------------------ accumulation
-def accumulate_gradients(model, batches, grad, scratch=None, rng=None, label_smoothing=0.0):
+def accumulate_gradients(model, batches, grad, scratch=None, rng=None, label_smoothing=0.0, parallel=None):
     """Mean gradient over micro-batches, written into grad (N,); returns the mean loss.
 
     batches: a list of (x, y) micro-batches of equal size.  With equal
     sizes the mean of per-batch mean losses is the mean over all tokens, so
     k micro-batches of B give the gradient of one batch of k*B, in 1/k of
     the activation memory.  scratch (N,) is reused for batches after the
-    first.  rng turns dropout on.
+    first.  rng turns dropout on.  parallel: a npgpt.parallel.DataParallel
+    that splits each micro-batch across the cores; None runs it in one piece.
     """
     k = len(batches)
     total = 0.0
     for i, (x, y) in enumerate(batches):
-        loss, cache = model.forward(x, y, rng=rng, label_smoothing=label_smoothing)
-        total += loss
-        if i == 0:
-            model.backward(cache, out=grad)
+        if i > 0 and scratch is None:
+            scratch = np.empty_like(grad)
+        out = grad if i == 0 else scratch
+        if parallel is not None:
+            total += parallel.loss_and_grad(x, y, out, rng=rng, label_smoothing=label_smoothing)
         else:
-            if scratch is None:
-                scratch = np.empty_like(grad)
-            model.backward(cache, out=scratch)
+            loss, cache = model.forward(x, y, rng=rng, label_smoothing=label_smoothing)
+            total += loss
+            model.backward(cache, out=out)
+            del cache
+        if i > 0:
             grad += scratch
-        del cache
     if k > 1:
         grad *= 1.0 / k
     return total / k

@@ -50,7 +50,7 @@ def choose_workers(model, batch_size, cores=None):
 
 
 def split_rows(n_rows, workers):
-    """-> list of (start, stop) row ranges, as equal as possible, none empty."""
+    """-> list of (start, stop) ranges over n_rows, as equal as possible, none empty."""
     workers = min(workers, n_rows)
     bounds = np.linspace(0, n_rows, workers + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -98,11 +98,30 @@ class DataParallel:
             self.model.backward(cache, out=outs[k], dloss=weight)
             return loss * weight
 
+        def add_extras(rows):
+            a, b = rows
+            for extra in outs[1:]:
+                grad[a:b] += extra[a:b]
+
         with self._blas():
             weighted_losses = list(self._pool.map(run_shard, range(len(shards))))
-            for extra in outs[1:]:
-                grad += extra
+            if len(outs) > 1:  # each worker sums its own slice of the flat buffers
+                list(self._pool.map(add_extras, split_rows(grad.size, self.workers)))
         return float(sum(weighted_losses))
+
+    def loss(self, x, y, ignore_index=-1):
+        """x, y (B, T) -> mean loss over the batch, forward only (evaluation, no dropout)."""
+        shards = split_rows(len(x), self.workers)
+        counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
+        total = sum(counts)
+
+        def run_shard(k):
+            a, b = shards[k]
+            loss, _ = self.model.forward(x[a:b], y[a:b], ignore_index=ignore_index)
+            return loss * (counts[k] / total if total else 0.0)
+
+        with self._blas():
+            return float(sum(self._pool.map(run_shard, range(len(shards)))))
 
     def close(self):
         self._pool.shutdown()

@@ -33,6 +33,7 @@ from . import checkpoint, data
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
+from .parallel import DataParallel, choose_workers
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "float32"
     backend: str = GPTConfig().backend  # the model's default: whoever tunes the kernels decides it
+    workers: int = 0  # data-parallel threads; 0: automatic (npgpt.parallel.choose_workers)
     sample_tokens: int = 500  # printed at the end; 0: none
 
 
@@ -108,6 +110,8 @@ HELP = {
     "seed": "random seed (weights, batches, dropout)",
     "dtype": "float type of weights and activations",
     "backend": "layer implementation: numpy reference layers or numba kernels",
+    "workers": "data-parallel threads, each running the whole model on a slice of the batch "
+               "(0: one per core for models under 30M parameters, else 1)",
     "sample_tokens": "tokens to sample at the end (0: no sample)",
 }
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
@@ -178,7 +182,7 @@ def validate(cfg):
                  "eval_interval", "eval_iters", "lr_step_every"):
         if getattr(cfg, name) < 1:
             bad(name, "a positive integer", getattr(cfg, name))
-    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed"):
+    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers"):
         if getattr(cfg, name) < 0:
             bad(name, ">= 0", getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -267,13 +271,12 @@ def rng_from_state(state):
 
 
 # ------------------------------------------------------------------ evaluation
-def estimate_loss(model, tokens, batch_size, block_size, n_batches, rng):
-    """Mean loss over n_batches random windows of tokens (no dropout)."""
+def estimate_loss(model, tokens, batch_size, block_size, n_batches, rng, parallel=None):
+    """Mean loss over n_batches random windows of tokens (no dropout); parallel splits each batch."""
     losses = []
     for _ in range(n_batches):
         x, y = data.get_batch(tokens, batch_size, block_size, rng)
-        loss, _ = model.forward(x, y)
-        losses.append(loss)
+        losses.append(parallel.loss(x, y) if parallel is not None else model.forward(x, y)[0])
     return float(np.mean(losses))
 
 
@@ -311,6 +314,8 @@ class Trainer:
                                       cfg.lr_decay_iters, cfg.lr_step_every, cfg.lr_gamma,
                                       cfg.lr_patience)
         self.grad = np.zeros_like(self.model.flat_params)
+        workers = cfg.workers or choose_workers(self.model, cfg.batch_size)
+        self.parallel = DataParallel(self.model, workers) if workers > 1 else None
         self.scratch = np.zeros_like(self.grad) if cfg.grad_accum > 1 else None
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum
 
@@ -364,7 +369,8 @@ class Trainer:
         batches = [data.get_batch(self.corpus.train, cfg.batch_size, cfg.block_size, self.data_rng)
                    for _ in range(cfg.grad_accum)]
         rng = self.dropout_rng if cfg.dropout > 0 else None
-        loss = accumulate_gradients(self.model, batches, self.grad, self.scratch, rng, cfg.label_smoothing)
+        loss = accumulate_gradients(self.model, batches, self.grad, self.scratch, rng, cfg.label_smoothing,
+                                    self.parallel)
         try:
             norm = self.optimizer.step(self.grad, lr)
         except FloatingPointError as e:
@@ -376,7 +382,8 @@ class Trainer:
         """Validation loss over eval_iters batches; the same batches at every evaluation."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 3])  # fresh each time: comparable numbers, training RNGs untouched
-        return estimate_loss(self.model, self.corpus.val, cfg.batch_size, cfg.block_size, cfg.eval_iters, rng)
+        return estimate_loss(self.model, self.corpus.val, cfg.batch_size, cfg.block_size, cfg.eval_iters, rng,
+                             self.parallel)
 
     def log(self, line):
         from tqdm import tqdm
@@ -462,7 +469,8 @@ def run(args):
     model = trainer.model
     print(f"npgpt train: {model.num_params:,} parameters ({model.config.n_layer} layers, {model.config.n_head} heads, "
           f"n_embd {model.config.n_embd}, block {model.config.block_size}, vocab {model.config.vocab_size}), "
-          f"{model.config.backend} backend, {model.config.dtype}; "
+          f"{model.config.backend} backend, {model.config.dtype}, "
+          f"{trainer.parallel.workers if trainer.parallel else 1} worker(s); "
           f"{trainer.corpus.train.size:,} training tokens from {cfg.data or data.BUNDLED}; "
           + (f"resuming at iteration {trainer.iter}" if ckpt else f"{cfg.max_iters} iterations"), flush=True)
     finished = trainer.train()
