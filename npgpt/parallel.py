@@ -46,7 +46,29 @@ def choose_workers(model, batch_size, cores=None):
     cores = numba.config.NUMBA_NUM_THREADS if cores is None else cores
     if model.config.backend != "numba" or model.num_params > MAX_DATA_PARALLEL_PARAMS:
         return 1
+    if not threads_may_share_kernels():
+        return 1
     return max(1, min(cores, batch_size))
+
+
+@numba.njit(parallel=True, cache=True)
+def _touch_thread_pool(n):
+    total = 0
+    for i in numba.prange(n):
+        total += i
+    return total
+
+
+def threads_may_share_kernels():
+    """True if several Python threads may run parallel Numba kernels at once.
+
+    Numba's OpenMP and TBB threading layers allow it; its fallback,
+    "workqueue" (used when neither library loads), aborts the process
+    instead.  Numba picks its layer at the first parallel call, hence the
+    tiny one here.
+    """
+    _touch_thread_pool(2)
+    return numba.threading_layer() != "workqueue"
 
 
 def split_rows(n_rows, workers):
@@ -68,6 +90,9 @@ class DataParallel:
     def __init__(self, model, workers):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if workers > 1 and not threads_may_share_kernels():
+            raise ValueError("data-parallel workers need Numba's 'omp' or 'tbb' threading layer; this Numba "
+                             "fell back to 'workqueue' (use one worker: --workers 1)")
         self.model, self.workers = model, workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="npgpt-shard",
                                         initializer=_one_thread_per_worker)
@@ -82,6 +107,7 @@ class DataParallel:
         generator, seeded from rng, so that results do not depend on which
         thread finishes first (and a resumed run draws the same masks).
         """
+        x, y = np.asarray(x), np.asarray(y)
         shards = split_rows(len(x), self.workers)
         counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
         total = sum(counts)
@@ -111,6 +137,7 @@ class DataParallel:
 
     def loss(self, x, y, ignore_index=-1):
         """x, y (B, T) -> mean loss over the batch, forward only (evaluation, no dropout)."""
+        x, y = np.asarray(x), np.asarray(y)
         shards = split_rows(len(x), self.workers)
         counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
         total = sum(counts)

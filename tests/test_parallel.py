@@ -340,3 +340,45 @@ def test_equal_shard_weights_are_caught(make_dp, monkeypatch):
         assert_same(wrong_loss, wrong_grad, ref_loss, ref_grad, "float64")
     assert abs(wrong_loss - ref_loss) > 0.1 * abs(ref_loss)
     assert np.abs(wrong_grad - ref_grad).max() > 0.1 * np.abs(ref_grad).max()
+
+
+# ------------------------------------------------- inputs and the threading layer
+def test_python_lists_are_weighted_like_arrays(make_dp):
+    """Counting valid targets on a list once compared the list itself with -1."""
+    model = tiny_model()
+    x, y = batch(4, ignore=uneven_ignores(4, 2))
+    ref_loss, ref_grad = plain_loss_and_grad(model, x, y)
+    dp = make_dp(model, 2)
+    loss, grad = parallel_loss_and_grad(dp, x.tolist(), y.tolist())
+    assert_same(loss, grad, ref_loss, ref_grad, "float64")
+    np.testing.assert_allclose(dp.loss(x.tolist(), y.tolist()), ref_loss, **TOL["float64"])
+
+
+def test_evaluation_loss_equals_the_one_batch_loss(make_dp):
+    model = tiny_model()
+    x, y = batch(5, ignore=uneven_ignores(5, 2))
+    np.testing.assert_allclose(make_dp(model, 2).loss(x, y), model.forward(x, y)[0], **TOL["float64"])
+
+
+def test_workqueue_threading_layer_falls_back_to_one_worker():
+    """Numba's workqueue layer aborts the process when two threads launch kernels:
+    choose_workers must not split, and DataParallel must refuse with an error."""
+    import subprocess
+    import sys
+
+    code = (
+        "from npgpt import GPT, GPTConfig\n"
+        "from npgpt.parallel import DataParallel, choose_workers\n"
+        "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))\n"
+        "print(choose_workers(m, 4, cores=2))\n"
+        "try:\n"
+        "    DataParallel(m, 2)\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = dict(__import__("os").environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1"
+    assert lines[1].startswith("refused:") and "workqueue" in lines[1]
