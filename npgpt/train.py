@@ -314,8 +314,12 @@ class Trainer:
                                       cfg.lr_decay_iters, cfg.lr_step_every, cfg.lr_gamma,
                                       cfg.lr_patience)
         self.grad = np.zeros_like(self.model.flat_params)
-        workers = cfg.workers or choose_workers(self.model, cfg.batch_size)
-        self.parallel = DataParallel(self.model, workers) if workers > 1 else None
+        if cfg.workers == 0:
+            # Fixed at the start and saved, like lr_decay_iters: the number of shards
+            # decides the order of float sums (and the dropout streams), so a run
+            # resumed on a machine with another core count still splits the same way.
+            self.cfg = cfg = replace(cfg, workers=choose_workers(self.model, cfg.batch_size))
+        self.parallel = DataParallel(self.model, cfg.workers) if cfg.workers > 1 else None
         self.scratch = np.zeros_like(self.grad) if cfg.grad_accum > 1 else None
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum
 
@@ -470,7 +474,7 @@ def run(args):
     print(f"npgpt train: {model.num_params:,} parameters ({model.config.n_layer} layers, {model.config.n_head} heads, "
           f"n_embd {model.config.n_embd}, block {model.config.block_size}, vocab {model.config.vocab_size}), "
           f"{model.config.backend} backend, {model.config.dtype}, "
-          f"{trainer.parallel.workers if trainer.parallel else 1} worker(s); "
+          f"{trainer.cfg.workers} data-parallel worker(s); "
           f"{trainer.corpus.train.size:,} training tokens from {cfg.data or data.BUNDLED}; "
           + (f"resuming at iteration {trainer.iter}" if ckpt else f"{cfg.max_iters} iterations"), flush=True)
     finished = trainer.train()

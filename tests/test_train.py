@@ -95,3 +95,41 @@ def test_overwrite_starts_afresh(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [0, 5, 10]
     assert json.loads((out / "checkpoint.json").read_text())["iter"] == 10
+
+
+def test_data_parallel_resume_is_bit_identical(tmp_path):
+    """Numba backend, two data-parallel workers, dropout and accumulation: resuming stays exact."""
+    data = write_corpus(tmp_path)
+    extra = ["--backend", "numba", "--workers", "2", "--dropout", "0.1", "--grad-accum", "2"]
+    assert train("--data", data, "--out", tmp_path / "straight", "--max-iters", N, *extra) == 0
+    assert train("--data", data, "--out", tmp_path / "split", "--max-iters", 5, "--lr-decay-iters", N, *extra) == 0
+    # the shared tiny flags say --backend numpy: a resume that repeats them would switch backends
+    assert train("--resume", tmp_path / "split", "--max-iters", N, "--backend", "numba") == 0
+    assert_identical(final_params(tmp_path / "straight"), final_params(tmp_path / "split"))
+
+
+def test_automatic_worker_count_is_saved_for_resume(tmp_path, monkeypatch):
+    """--workers 0 is resolved once and saved: a resume on a machine with another
+    core count splits batches as before, so it still continues exactly."""
+    data = write_corpus(tmp_path)
+    common = ["--data", data, "--backend", "numba", "--dropout", "0.1", "--workers", "0"]
+    monkeypatch.setattr(train_module, "choose_workers", lambda model, batch_size: 2)
+    assert train(*common, "--out", tmp_path / "straight", "--max-iters", N) == 0
+    assert train(*common, "--out", tmp_path / "split", "--max-iters", 5, "--lr-decay-iters", N) == 0
+    state = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
+    saved = json.loads((tmp_path / "split" / state["snapshot"] / "state.json").read_text())
+    assert saved["train_config"]["workers"] == 2
+    monkeypatch.setattr(train_module, "choose_workers", lambda model, batch_size: 1)  # "another machine"
+    assert train("--resume", tmp_path / "split", "--max-iters", N, "--backend", "numba") == 0
+    assert_identical(final_params(tmp_path / "straight"), final_params(tmp_path / "split"))
+
+
+def test_one_and_two_workers_train_the_same_model(tmp_path):
+    """Without dropout, splitting the batch changes only the order of float sums."""
+    data = write_corpus(tmp_path)
+    common = ["--data", data, "--backend", "numba", "--dtype", "float64", "--max-iters", N]
+    assert train(*common, "--out", tmp_path / "one", "--workers", "1") == 0
+    assert train(*common, "--out", tmp_path / "two", "--workers", "2") == 0
+    one, two = final_params(tmp_path / "one"), final_params(tmp_path / "two")
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-9, atol=1e-12, err_msg=name)
