@@ -32,8 +32,9 @@ import numba
 import numpy as np
 
 # Above this many parameters the model's products keep both cores busy on
-# their own, and an extra gradient buffer per worker costs real memory
-# (docs/speed.md measures both sides of the line).
+# their own, and an extra gradient buffer per worker costs real memory: at
+# GPT-2 124M a second worker took `npgpt bench --config L`'s peak RSS from
+# 2,430 to 2,959 MB, above PyTorch's 2,726 MB.
 MAX_DATA_PARALLEL_PARAMS = 30_000_000
 
 
