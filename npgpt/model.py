@@ -242,12 +242,12 @@ class GPT:
 
         out: an optional flat buffer (num_params,) to write the gradients
         into (reused across steps by the trainer); a new one otherwise.
-        dloss: the gradient of the final objective with respect to this
-        loss, 1 by default; a weight when a batch is split into shards whose
-        gradients are summed (npgpt/parallel.py).
         Every entry of it is overwritten.  With the numba backend the cache
         is consumed: it is emptied, so that each layer's activations are freed
         as soon as its backward is done, and its logits become dlogits.
+        dloss: the gradient of the final objective with respect to this
+        loss, 1 by default; a weight when a batch is split into shards whose
+        gradients are summed (npgpt/parallel.py).
         """
         ops, P, cfg = self.ops, self.params, self.config
         if not cache:

@@ -79,6 +79,14 @@ def split_rows(n_rows, workers):
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def shard_weights(y, shards, ignore_index):
+    """-> n_k / n for each shard's rows of targets y: its share of the counted
+    (not ignore_index) targets; all 0 when the batch counts none (loss 0)."""
+    counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
+    total = sum(counts)
+    return [count / total if total else 0.0 for count in counts]
+
+
 def _one_thread_per_worker():
     # Numba's thread count is per calling thread: each worker runs its
     # kernels on its own core, and the main thread keeps its setting.
@@ -110,8 +118,7 @@ class DataParallel:
         """
         x, y = np.asarray(x), np.asarray(y)
         shards = split_rows(len(x), self.workers)
-        counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
-        total = sum(counts)
+        weights = shard_weights(y, shards, ignore_index)
         rngs = [None] * len(shards)
         if rng is not None:
             rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=len(shards))]
@@ -121,9 +128,8 @@ class DataParallel:
             a, b = shards[k]
             loss, cache = self.model.forward(x[a:b], y[a:b], rng=rngs[k], label_smoothing=label_smoothing,
                                              ignore_index=ignore_index)
-            weight = counts[k] / total if total else 0.0
-            self.model.backward(cache, out=outs[k], dloss=weight)
-            return loss * weight
+            self.model.backward(cache, out=outs[k], dloss=weights[k])
+            return loss * weights[k]
 
         def add_extras(rows):
             a, b = rows
@@ -140,13 +146,12 @@ class DataParallel:
         """x, y (B, T) -> mean loss over the batch, forward only (evaluation, no dropout)."""
         x, y = np.asarray(x), np.asarray(y)
         shards = split_rows(len(x), self.workers)
-        counts = [int(np.count_nonzero(y[a:b] != ignore_index)) for a, b in shards]
-        total = sum(counts)
+        weights = shard_weights(y, shards, ignore_index)
 
         def run_shard(k):
             a, b = shards[k]
             loss, _ = self.model.forward(x[a:b], y[a:b], ignore_index=ignore_index)
-            return loss * (counts[k] / total if total else 0.0)
+            return loss * weights[k]
 
         with self._blas():
             return float(sum(self._pool.map(run_shard, range(len(shards)))))
