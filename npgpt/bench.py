@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
 from .optim import decay_mask, kernels_for
 from .parallel import DataParallel, choose_workers
@@ -255,6 +256,7 @@ def run(args):
         raise ValueError("--block-size must be >= 1")
     if args.workers < 0:
         raise ValueError("--workers must be >= 0")
+    keep_freed_memory()  # as npgpt train does (npgpt/memory.py)
     result = run_benchmark(args.config, args.steps, args.warmup, backend=args.backend, block_size=args.block_size,
                            workers=args.workers)
     print(json.dumps(result) if args.json else format_report(result))

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import checkpoint, data
 from .errors import UserError
+from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
 from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
 from .parallel import DataParallel, choose_workers
@@ -464,6 +465,7 @@ class Trainer:
 # ------------------------------------------------------------------ the command
 def run(args):
     started = time.perf_counter()
+    keep_freed_memory()  # each step's activations reuse the last step's pages (npgpt/memory.py)
     cfg, ckpt = resolve_settings(args)
     prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
     progress = not args.no_progress
