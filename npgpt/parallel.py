@@ -116,9 +116,7 @@ class DataParallel:
         generator, seeded from rng, so that results do not depend on which
         thread finishes first (and a resumed run draws the same masks).
         """
-        x, y = np.asarray(x), np.asarray(y)
-        shards = split_rows(len(x), self.workers)
-        weights = shard_weights(y, shards, ignore_index)
+        x, y, shards, weights = self._split(x, y, ignore_index)
         rngs = [None] * len(shards)
         if rng is not None:
             rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, size=len(shards))]
@@ -144,9 +142,7 @@ class DataParallel:
 
     def loss(self, x, y, ignore_index=-1):
         """x, y (B, T) -> mean loss over the batch, forward only (evaluation, no dropout)."""
-        x, y = np.asarray(x), np.asarray(y)
-        shards = split_rows(len(x), self.workers)
-        weights = shard_weights(y, shards, ignore_index)
+        x, y, shards, weights = self._split(x, y, ignore_index)
 
         def run_shard(k):
             a, b = shards[k]
@@ -155,6 +151,12 @@ class DataParallel:
 
         with self._blas():
             return float(sum(self._pool.map(run_shard, range(len(shards)))))
+
+    def _split(self, x, y, ignore_index):
+        """-> x, y as arrays, the shards' row ranges and their loss weights n_k / n."""
+        x, y = np.asarray(x), np.asarray(y)
+        shards = split_rows(len(x), self.workers)
+        return x, y, shards, shard_weights(y, shards, ignore_index)
 
     def close(self):
         self._pool.shutdown()
