@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from npgpt import gradcheck, kernels, layers
+from npgpt.kernels import simd
 from npgpt.gradcheck_cli import layer_cases
 from npgpt.model import GPT, GPTConfig
 
@@ -132,7 +134,8 @@ def test_gelu_with_bias_equals_linear_bias_then_gelu(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,T,n_head,hs", [(2, 1, 1, 4), (2, 7, 3, 5), (1, 40, 2, 16), (2, 33, 4, 8), (1, 150, 2, 6)])
+@pytest.mark.parametrize("B,T,n_head,hs", [(2, 1, 1, 4), (2, 7, 3, 5), (1, 40, 2, 16), (2, 33, 4, 8), (1, 150, 2, 6),
+                                            (2, 70, 2, 20), (1, 65, 1, 33), (1, 256, 2, 64)])
 def test_attention(dtype, B, T, n_head, hs):
     rng = np.random.default_rng(5)
     both("attention", dtype, (randn(rng, (B, T, 3 * n_head * hs), dtype, scale=1.5), n_head))
@@ -144,6 +147,27 @@ def test_attention(dtype, B, T, n_head, hs):
 def test_attention_shapes(b, t, n_head, hs, seed):
     rng = np.random.default_rng(seed)
     both("attention", np.float64, (randn(rng, (b, t, 3 * n_head * hs), np.float64, scale=2.0), n_head), seed)
+
+
+@njit(cache=False)
+def _compiled_tile(a, ai, ak, b, bk, bj, n, out, oi, oj, alpha, accumulate):
+    simd.tile_product(a, ai, ak, b, bk, bj, n, out, oi, oj, alpha, accumulate)
+
+
+@FAST
+@given(dtype=st.sampled_from(DTYPES), ai=st.integers(0, 3), ak=st.integers(0, 5), b_k=st.integers(0, 5),
+       bj=st.integers(0, 9), n=st.integers(0, 30), oi=st.integers(0, 2), oj=st.integers(0, 7),
+       accumulate=st.booleans(), seed=st.integers(0, 2**16))
+def test_simd_tile_equals_numpy(dtype, ai, ak, b_k, bj, n, oi, oj, accumulate, seed):
+    """The LLVM-IR tile attention is built on equals its NumPy specification (same function, JIT off)."""
+    rng = np.random.default_rng(seed)
+    a = randn(rng, (ai + simd.ROWS + 1, ak + n + 2), dtype)
+    b = randn(rng, (b_k + n + 3, bj + simd.COLS + 2), dtype)
+    out = randn(rng, (oi + simd.ROWS + 2, oj + simd.COLS + 1), dtype)
+    expected = out.copy()
+    simd.tile_product(a, ai, ak, b, b_k, bj, n, expected, oi, oj, dtype(0.75), accumulate)  # plain NumPy
+    _compiled_tile(a, ai, ak, b, b_k, bj, n, out, oi, oj, dtype(0.75), accumulate)
+    np.testing.assert_allclose(out, expected, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 def _attention_cache_bytes(T):
