@@ -118,8 +118,9 @@ def _forward(qkv, n_head, scale, out, lse, n_chunks):
                 for d in range(0, hsp, COLS):  # y = P v (not yet divided by the totals)
                     tile_product(P, 0, 0, v, 0, d, seen, y, 0, d, one, False)
                 for r in range(min(ROWS, T - t)):
+                    dst = out[b, t + r, h * hs:(h + 1) * hs]  # sliced: a plain index vectorises
                     for d in range(hs):
-                        out[b, t + r, h * hs + d] = y[r, d] * inv[r]
+                        dst[d] = y[r, d] * inv[r]
 
 
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)
@@ -180,8 +181,9 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
                     n = t + 1 if t < T else 0  # causal: query t sees keys 0..t; padding sees none
                     if n:
                         D = zero
+                        y_t = out[b, t, h * hs:(h + 1) * hs]
                         for d in range(hs):
-                            D += dy[t, d] * out[b, t, h * hs + d]
+                            D += dy[t, d] * y_t[d]
                         m = lse[b, h, t]
                         for j in range(n):
                             P[i, j] -= m
@@ -196,8 +198,9 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
                     for d in range(0, k.shape[1], COLS):
                         tile_product(dS, i, 0, k, 0, d, min(t + ROWS, T), dq, 0, d, scale, False)
                     for r in range(min(ROWS, T - t)):
+                        dst = dqkv[b, t + r, h * hs:(h + 1) * hs]
                         for d in range(hs):
-                            dqkv[b, t + r, h * hs + d] = dq[r, d]
+                            dst[d] = dq[r, d]
                 # dk_j += sum_t qs_t dS[t, j] and dv_j += sum_t dy_t P[t, j] over this
                 # block's queries t >= j (qs carries the scale dk needs)
                 for j in range(0, min(nk, _round_up(T, COLS)), COLS):
@@ -206,9 +209,11 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
                         tile_product(qsT, d, t0 + i0, dS, i0, j, rows - i0, dkT, d, j, one, True)
                         tile_product(dyT, d, t0 + i0, P, i0, j, rows - i0, dvT, d, j, one, True)
             for t in range(T):
+                dk_t = dqkv[b, t, C + h * hs:C + (h + 1) * hs]
+                dv_t = dqkv[b, t, 2 * C + h * hs:2 * C + (h + 1) * hs]
                 for d in range(hs):
-                    dqkv[b, t, C + h * hs + d] = dkT[d, t]
-                    dqkv[b, t, 2 * C + h * hs + d] = dvT[d, t]
+                    dk_t[d] = dkT[d, t]
+                    dv_t[d] = dvT[d, t]
 
 
 def _chunks(n_tasks):

@@ -19,6 +19,10 @@ one fused instruction where the CPU has FMA.
 Contract (not checked: callers keep every index inside the arrays):
 a, b, out are C-contiguous 2-D arrays of one float dtype; rows ai..ai+3
 of a, columns bj..bj+15 of b and the 4 x 16 block of out exist; n >= 0.
+
+When editing this file, touch attention.py too (or delete its __pycache__):
+Numba's on-disk cache checks only the timestamp of the file that defines a
+kernel, not of the files whose functions it inlines.
 """
 import numpy as np
 from llvmlite import ir
