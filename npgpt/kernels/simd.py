@@ -14,7 +14,9 @@ SLP vectoriser, which would pack the 64 scalar sums, is off in Numba), so
 the sums go through memory.  Here the tile is written in LLVM IR with
 <16 x float> vectors (two AVX2 registers, one AVX-512 register; LLVM
 splits them to fit any target), and the multiply-add is llvm.fmuladd,
-one fused instruction where the CPU has FMA.
+one fused instruction where the CPU has FMA.  In float64, which only the
+gradient checks use, the same tile needs four AVX2 registers per row and
+spills some sums to memory: correct, not fast.
 
 Contract (not checked: callers keep every index inside the arrays):
 a, b, out are C-contiguous 2-D arrays of one float dtype; rows ai..ai+3
@@ -94,7 +96,7 @@ def _simd_tile(typingctx, a, ai, ak, b, bk, bj, n, out, oi, oj, alpha, accumulat
             builder.module, ir.FunctionType(vector, [vector] * 3),
             f"llvm.fmuladd.v{COLS}f{8 * context.get_abi_sizeof(scalar)}")
 
-        # Where the s = 0 terms live; row r of a is a_row_length further each.
+        # Where the s = 0 terms live: a[ai + r, ak] for each row r, and b[bk, bj].
         a_rows = [_element_pointer(context, builder, a_ty, a_val, builder.add(ai, ai.type(r)), ak) for r in range(ROWS)]
         b_start = _element_pointer(context, builder, b_ty, b_val, bk, bj)
         b_row_length = _row_length(context, builder, b_ty, b_val)
