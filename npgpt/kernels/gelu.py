@@ -40,13 +40,15 @@ def _forward(x, b, has_bias, out, n_tasks):
         e = np.empty(D, dtype=x.dtype)  # exp(-2u) of one row
         bits = np.empty(D, dtype=np.int32)
         for r in range(task * N // n_tasks, (task + 1) * N // n_tasks):
+            xr, outr = x[r], out[r]
+            if has_bias:
+                for c in range(D):
+                    xr[c] += b[c]
             for c in range(D):
-                if has_bias:
-                    x[r, c] += b[c]
-                e[c] = _exp_of_minus_2u(x[r, c], k2, cubic, limit)
+                e[c] = _exp_of_minus_2u(xr[c], k2, cubic, limit)
             exp_inplace(e, bits)
             for c in range(D):
-                out[r, c] = x[r, c] / (one + e[c])  # x sigmoid(2u)
+                outr[c] = xr[c] / (one + e[c])  # x sigmoid(2u)
 
 
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)
@@ -65,16 +67,18 @@ def _backward(dout, pre, dx, db_part):
     for task in prange(n_tasks):
         e = np.empty(D, dtype=pre.dtype)
         bits = np.empty(D, dtype=np.int32)
+        db = db_part[task]
         for r in range(task * N // n_tasks, (task + 1) * N // n_tasks):
+            pre_r, dout_r, dx_r = pre[r], dout[r], dx[r]
             for c in range(D):
-                e[c] = _exp_of_minus_2u(pre[r, c], k2, cubic, limit)
+                e[c] = _exp_of_minus_2u(pre_r[c], k2, cubic, limit)
             exp_inplace(e, bits)
             for c in range(D):
-                x = pre[r, c]
+                x = pre_r[c]
                 s = one / (one + e[c])
-                g = dout[r, c] * (s - x * s * (one - s) * k2 * (one + cubic3 * x * x))
-                dx[r, c] = g
-                db_part[task, c] += g
+                g = dout_r[c] * (s - x * s * (one - s) * k2 * (one + cubic3 * x * x))
+                dx_r[c] = g
+                db[c] += g
 
 
 def _rows(a):
