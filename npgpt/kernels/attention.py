@@ -37,10 +37,10 @@ def _round_up(n, m):
 
 @njit(inline="always")
 def _load_head(qkv, b, col, hs, factor, out):
-    """out (Tp, hsp) <- qkv[b, :, col : col + hs] * factor: one head's q, k or v.
+    """out (>= T, >= hs) <- qkv[b, :, col : col + hs] * factor: one head's q, k or v.
 
-    The padding (Tp, hsp are T, hs rounded up to whole tiles) is left
-    alone: the caller zeroes it once, and zeros add nothing to a product.
+    The padding (T and hs rounded up to whole tiles) is left alone: the
+    caller zeroes it once, and zeros add nothing to a product.
     Rows are sliced first so the inner index is a plain d: an offset index
     (col + d) may be negative as far as Numba knows, and its wrap-around
     check keeps the copy from vectorising.
@@ -53,7 +53,7 @@ def _load_head(qkv, b, col, hs, factor, out):
 
 @njit(inline="always")
 def _load_head_transposed(qkv, b, col, hs, factor, out_t):
-    """out_t (hsp, Tp) <- (qkv[b, :, col : col + hs] * factor)^T."""
+    """out_t (>= hs, >= T) <- (qkv[b, :, col : col + hs] * factor)^T."""
     for t in range(qkv.shape[1]):
         src = qkv[b, t, col:col + hs]
         for d in range(hs):
@@ -77,15 +77,15 @@ def _forward(qkv, n_head, scale, out, lse, n_chunks):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    Tk, hsp = _round_up(T, COLS), _round_up(hs, COLS)  # keys and head columns in whole tiles
+    Tk, hs_cols = _round_up(T, COLS), _round_up(hs, COLS)  # keys and head columns in whole tiles
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)  # typed constants: float32 stays float32
     for chunk in prange(n_chunks):
         q = np.zeros((Tk, hs), dtype=dtype)  # Tk >= T rounded up to ROWS
         kT = np.zeros((hs, Tk + SKEW), dtype=dtype)
-        v = np.zeros((Tk, hsp), dtype=dtype)
+        v = np.zeros((Tk, hs_cols), dtype=dtype)
         P = np.empty((ROWS, Tk + SKEW), dtype=dtype)  # the group's score rows, then probabilities
-        y = np.empty((ROWS, hsp), dtype=dtype)
+        y = np.empty((ROWS, hs_cols), dtype=dtype)
         inv = np.empty(ROWS, dtype=dtype)
         bits = np.empty(Tk, dtype=np.int32)  # exp's scratch
         for task in _task_range(chunk, n_chunks, B * n_head):
@@ -115,7 +115,7 @@ def _forward(qkv, n_head, scale, out, lse, n_chunks):
                     inv[r] = one / total
                     lse[b, h, t + r] = mx + np.log(total)
                 seen = min(t + ROWS, T)  # keys the group's last query sees
-                for d in range(0, hsp, COLS):  # y = P v (not yet divided by the totals)
+                for d in range(0, hs_cols, COLS):  # y = P v (not yet divided by the totals)
                     tile_product(P, 0, 0, v, 0, d, seen, y, 0, d, one, False)
                 for r in range(min(ROWS, T - t)):
                     dst = out[b, t + r, h * hs:(h + 1) * hs]  # sliced: a plain index vectorises
@@ -140,22 +140,23 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    Tp, hsp = _round_up(T, BLOCK), _round_up(hs, ROWS)  # BLOCK is a multiple of ROWS and COLS
+    Tp = _round_up(T, BLOCK)  # BLOCK is a multiple of ROWS and COLS
+    hs_rows, hs_cols = _round_up(hs, ROWS), _round_up(hs, COLS)  # the head in whole tile rows / columns
     dtype = qkv.dtype
     zero, one = dtype.type(0), dtype.type(1)
     for chunk in prange(n_chunks):
         qs = np.zeros((Tp, hs), dtype=dtype)  # q * scale
-        qsT = np.zeros((hsp, Tp + SKEW), dtype=dtype)
+        qsT = np.zeros((hs_rows, Tp + SKEW), dtype=dtype)
         kT = np.zeros((hs, Tp + SKEW), dtype=dtype)
-        k = np.zeros((Tp, _round_up(hs, COLS)), dtype=dtype)
+        k = np.zeros((Tp, hs_cols), dtype=dtype)
         vT = np.zeros((hs, Tp + SKEW), dtype=dtype)
         dy = np.zeros((Tp, hs), dtype=dtype)
-        dyT = np.zeros((hsp, Tp + SKEW), dtype=dtype)
-        dkT = np.empty((hsp, Tp + SKEW), dtype=dtype)
-        dvT = np.empty((hsp, Tp + SKEW), dtype=dtype)
+        dyT = np.zeros((hs_rows, Tp + SKEW), dtype=dtype)
+        dkT = np.empty((hs_rows, Tp + SKEW), dtype=dtype)
+        dvT = np.empty((hs_rows, Tp + SKEW), dtype=dtype)
         P = np.empty((BLOCK, Tp + SKEW), dtype=dtype)  # a block's probabilities
         dS = np.empty((BLOCK, Tp + SKEW), dtype=dtype)  # and score gradients
-        dq = np.empty((ROWS, k.shape[1]), dtype=dtype)
+        dq = np.empty((ROWS, hs_cols), dtype=dtype)
         bits = np.empty(Tp, dtype=np.int32)  # exp's scratch
         for task in _task_range(chunk, n_chunks, B * n_head):
             b, h = task // n_head, task % n_head
@@ -195,7 +196,7 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
                 # dq_t = scale * sum_j dS[t, j] k_j, over the keys the group sees
                 for i in range(0, rows, ROWS):
                     t = t0 + i
-                    for d in range(0, k.shape[1], COLS):
+                    for d in range(0, hs_cols, COLS):
                         tile_product(dS, i, 0, k, 0, d, min(t + ROWS, T), dq, 0, d, scale, False)
                     for r in range(min(ROWS, T - t)):
                         dst = dqkv[b, t + r, h * hs:(h + 1) * hs]
@@ -205,7 +206,7 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
                 # block's queries t >= j (qs carries the scale dk needs)
                 for j in range(0, min(nk, _round_up(T, COLS)), COLS):
                     i0 = max(0, j - t0)  # earlier queries cannot see keys j..: skip them
-                    for d in range(0, hsp, ROWS):
+                    for d in range(0, hs_rows, ROWS):
                         tile_product(qsT, d, t0 + i0, dS, i0, j, rows - i0, dkT, d, j, one, True)
                         tile_product(dyT, d, t0 + i0, P, i0, j, rows - i0, dvT, d, j, one, True)
             for t in range(T):
