@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import numba
 from numba import njit
+from threadpoolctl import threadpool_limits
 
 from npgpt import gradcheck, kernels, layers
 from npgpt.kernels import simd
@@ -332,6 +334,36 @@ def test_model_numba_equals_numpy(dtype):
         assert grads_k[name].dtype == np.dtype(dtype), name
         assert rel_error(grads_k[name], grads_r[name]) < tol, name
     assert rel_error(fast.logits(idx), reference.logits(idx)) < tol
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_results_do_not_depend_on_the_thread_count():
+    """Every kernel splits its sums by size, never by thread: one and two threads give the same bits.
+
+    Data-parallel workers run with one thread each while the main thread
+    (gradient norm) runs with all of them, and a resumed run may land on a
+    machine with another core count; neither may change the rounding.
+    """
+    cfg = dict(vocab_size=17, block_size=40, n_layer=2, n_head=2, n_embd=32, dtype="float32")
+    model = GPT(GPTConfig(backend="numba", **cfg), seed=4)
+    rng = np.random.default_rng(2)
+    idx, targets = rng.integers(0, 17, (8, 40)), rng.integers(0, 17, (8, 40))  # 320 rows: several chunks
+
+    def loss_grad_norm(threads):
+        numba.set_num_threads(threads)
+        grad = np.zeros_like(model.flat_params)
+        with threadpool_limits(1, user_api="blas"):  # BLAS on one thread: only the kernels' threads vary
+            loss, cache = model.forward(idx, targets)
+            model.backward(cache, out=grad)
+        return loss, grad, kernels.optim.global_norm(grad)
+
+    try:
+        one, two = loss_grad_norm(1), loss_grad_norm(2)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert one[0] == two[0]
+    np.testing.assert_array_equal(one[1], two[1])
+    assert one[2] == two[2]
 
 
 def test_model_default_backend_is_numba():

@@ -218,7 +218,8 @@ def _backward(dout, qkv, out, lse, n_head, scale, dqkv, n_chunks):
 
 
 def _chunks(n_tasks):
-    """Parallel chunks of (batch, head) tasks: two per thread share the work out evenly enough."""
+    """Parallel chunks of (batch, head) tasks: two per thread share the work out evenly enough.
+    (Results do not depend on it: each task computes its head alone.)"""
     return max(1, min(n_tasks, 2 * get_num_threads()))
 
 

@@ -8,13 +8,14 @@ bias gradient while it computes dx, instead of a separate pass each.
 import math
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from .fastexp import exp_inplace
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 CUBIC = 0.044715
 EXP_LIMIT = 80.0  # exp(80) ~ 5.5e34 fits float32 (max ~3.4e38)
+ROWS_PER_TASK, MAX_TASKS = 32, 32
 
 
 @njit(inline="always", fastmath=True)
@@ -87,7 +88,12 @@ def _rows(a):
 
 
 def _tasks(N):
-    return max(1, min(N // 16, 4 * get_num_threads()))  # enough tasks to share out, few partial sums
+    """Row blocks for N rows: enough to share out, few partial sums of db.
+
+    A function of N alone, never of the thread count, so that db's partial
+    sums, and therefore its rounding, are the same however many threads run.
+    """
+    return max(1, min(N // ROWS_PER_TASK, MAX_TASKS))
 
 
 def forward(x):

@@ -6,9 +6,11 @@ instead of a second (N, C) array, and the backward recomputes
 xhat = (x - mean) * rstd on the fly.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 ROWS_PER_CHUNK = 64  # backward: rows per parallel task, each with its own dw/db partial sums
+MAX_CHUNKS = 32  # the chunk count depends on N alone, never on the thread count, so the
+# partial sums (and dw's and db's rounding) are the same however many threads run
 
 
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)
@@ -87,7 +89,7 @@ def backward(dout, cache):
     x2, mean, rstd, w, has_bias = cache
     N, C = x2.shape
     dout2 = np.ascontiguousarray(dout).reshape(N, C)
-    n_chunks = max(1, min(N // ROWS_PER_CHUNK, 4 * get_num_threads()))
+    n_chunks = max(1, min(N // ROWS_PER_CHUNK, MAX_CHUNKS))
     dx = np.empty_like(dout2)
     dw_part = np.zeros((n_chunks, C), dtype=dout2.dtype)
     db_part = np.zeros((n_chunks, C), dtype=dout2.dtype)

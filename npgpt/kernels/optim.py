@@ -24,12 +24,27 @@ def _adamw(param, grad, m, v, decay, lr, beta1, beta2, eps, weight_decay, bias1,
         param[i] = p - lr * (m[i] / bias1) / (np.sqrt(v[i] / bias2) + eps)
 
 
+NORM_CHUNKS = 64  # fixed, not one per thread: the same sum order on any number of threads
+
+
 @njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _sum_squares(a):
-    total = 0.0  # float64: 124M float32 squares would lose digits in float32
-    for i in prange(a.size):
-        x = np.float64(a[i])
-        total += x * x
+    """sum(a**2) in float64 (124M float32 squares would lose digits in float32).
+
+    NORM_CHUNKS contiguous chunks, summed in parallel and then in order: a
+    prange reduction would split the sum by thread, and the clipping factor
+    would then differ in its last bits between machines.
+    """
+    partial = np.zeros(NORM_CHUNKS)
+    for chunk in prange(NORM_CHUNKS):
+        total = 0.0
+        for i in range(chunk * a.size // NORM_CHUNKS, (chunk + 1) * a.size // NORM_CHUNKS):
+            x = np.float64(a[i])
+            total += x * x
+        partial[chunk] = total
+    total = 0.0
+    for chunk in range(NORM_CHUNKS):
+        total += partial[chunk]
     return total
 
 
