@@ -4,9 +4,10 @@
 
 Measures the forward and the backward of npgpt.kernels.attention against
 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-and its backward, float32, at the shapes one data-parallel worker sees in
-the S, M and L configs (batch size split over two workers).  Both get the
-same random qkv.
+and its backward, float32, at the shapes one worker sees: half of S's and
+M's batch (each of their two data-parallel workers runs on one core), and
+L's whole batch of 4 (L trains with one worker; here it gets one thread
+too, so the table compares per-core speed).  Both get the same random qkv.
 
 Each measurement runs in its own process, on one thread (a second thread
 pool in the same process would spin and slow the first down), and the two
