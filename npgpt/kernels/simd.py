@@ -26,7 +26,6 @@ When editing this file, touch attention.py too (or delete its __pycache__):
 Numba's on-disk cache checks only the timestamp of the file that defines a
 kernel, not of the files whose functions it inlines.
 """
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
