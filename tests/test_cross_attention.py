@@ -153,3 +153,13 @@ def test_torch_parity():
         np.testing.assert_allclose(out, y.detach().numpy(), atol=1e-12, rtol=1e-10)
         np.testing.assert_allclose(dq, tq.grad.numpy(), atol=1e-12, rtol=1e-10)
         np.testing.assert_allclose(dkv, tkv.grad.numpy(), atol=1e-12, rtol=1e-10)
+
+
+def test_kernel_cache_has_no_score_matrix():
+    """The fused cache is linear in Tq + Tk: no array as large as (nh, Tq, Tk)."""
+    q, kv, mask = inputs(1, 64, 96, 2, 2, "tail")
+    _, cache = kernel.forward(q, kv, 2, mask)
+    sizes = [a.size for a in cache if isinstance(a, np.ndarray)]
+    assert max(sizes) < 2 * 64 * 96
+    _, ref_cache = reference.forward(q, kv, 2, mask)
+    assert max(a.size for a in ref_cache if isinstance(a, np.ndarray)) == 2 * 64 * 96
