@@ -163,3 +163,37 @@ def test_kernel_cache_has_no_score_matrix():
     assert max(sizes) < 2 * 64 * 96
     _, ref_cache = reference.forward(q, kv, 2, mask)
     assert max(a.size for a in ref_cache if isinstance(a, np.ndarray)) == 2 * 64 * 96
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encoder_padding_invariance(backend):
+    """Padding tokens appended to a source leave the real tokens' outputs as they were."""
+    mod = BACKENDS[backend]
+    rng = np.random.default_rng(9)
+    qkv = rng.standard_normal((1, 4, 12))
+    padded = np.concatenate([qkv, 50.0 * rng.standard_normal((1, 2, 12))], axis=1)
+    mask = np.array([[1, 1, 1, 1, 0, 0]], bool)
+    out, _ = self_attention_masked.forward(qkv, 2, None, impl=mod)
+    out_p, _ = self_attention_masked.forward(padded, 2, mask, impl=mod)
+    np.testing.assert_allclose(out_p[:, :4], out, atol=1e-12, rtol=1e-12)
+
+
+def test_encoder_torch_parity():
+    """The encoder's attention equals torch.nn.MultiheadAttention's core with a key_padding_mask."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    B, T, nh, hs = 2, 4, 2, 3
+    C = nh * hs
+    x = rng.standard_normal((B, T, C))
+    w_in = rng.standard_normal((3 * C, C)) / np.sqrt(C)  # torch's in_proj_weight: q|k|v rows
+    pad = np.array([[False, False, False, True], [False, False, False, False]])  # torch: True = ignore
+    mha = torch.nn.MultiheadAttention(C, nh, bias=False, batch_first=True).double()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.tensor(w_in))
+        mha.out_proj.weight.copy_(torch.eye(C, dtype=torch.float64))  # out_proj = identity
+    tx = torch.tensor(x)
+    y, _ = mha(tx, tx, tx, key_padding_mask=torch.tensor(pad), need_weights=False)
+    qkv = x @ w_in.T  # (B, T, 3C), packed q|k|v like torch's in_proj
+    for mod in BACKENDS.values():
+        out, _ = self_attention_masked.forward(qkv, nh, ~pad, impl=mod)
+        np.testing.assert_allclose(out, y.detach().numpy(), atol=1e-12, rtol=1e-10)
