@@ -31,12 +31,22 @@ import safetensors.numpy
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
 from .model import GPT, GPTConfig
+from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 
 POINTER = "checkpoint.json"
 FORMAT = "npgpt-checkpoint"
 VERSION = 1
 SNAPSHOT_RE = re.compile(r"^ckpt-\d{7}(-\d+)?$")
 STAGING_PREFIX = ".saving-"
+
+# What a checkpoint's JSON files must look like (safeload schemas); everything else is refused.
+POINTER_SCHEMA = Obj({"format": Const(FORMAT), "version": Const(VERSION), "snapshot": str,
+                      "iter": Int(min=0), "files": Map(str)})
+STATE_SCHEMA = Obj({}, optional={"iter": Int(min=0)})
+CONFIG_SCHEMA = Obj({"vocab_size": Int(min=1), "block_size": Int(min=1), "n_layer": Int(min=1),
+                     "n_head": Int(min=1), "n_embd": Int(min=1)},
+                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str})
+TOKENIZER_SCHEMA = Obj({})
 
 
 @dataclass
@@ -81,13 +91,10 @@ def read_pointer(out_dir):
     if not os.path.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            pointer = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"corrupt checkpoint: cannot read {path} ({e})") from None
-    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT or not isinstance(pointer.get("files"), dict):
-        raise UserError(f"corrupt checkpoint: {path} is not an npgpt checkpoint pointer")
-    if not SNAPSHOT_RE.match(str(pointer.get("snapshot", ""))):
+        pointer = load_json(path, POINTER_SCHEMA, max_bytes=1 << 20)
+    except UserError as e:
+        raise UserError(f"corrupt checkpoint: {e}") from None
+    if not SNAPSHOT_RE.match(pointer["snapshot"]):
         raise UserError(f"corrupt checkpoint: {path} names no valid snapshot")
     return pointer
 
@@ -143,11 +150,11 @@ def _read_verified(snapshot, name, hashes):
     return data
 
 
-def _load_json(data, path):
+def _load_json(data, path, schema):
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"corrupt checkpoint: {path} is not valid JSON ({e})") from None
+        return parse_json(data, path, schema)
+    except UserError as e:
+        raise UserError(f"corrupt checkpoint: {e}") from None
 
 
 def _load_tensors(data, path):
@@ -177,9 +184,9 @@ def load(out_dir):
     def read(name):
         return _read_verified(snapshot, name, hashes)
 
-    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"))
-    tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"))
-    state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"))
+    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"), CONFIG_SCHEMA)
+    tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"), TOKENIZER_SCHEMA)
+    state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"), STATE_SCHEMA)
     params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))
     optimizer = {}
     if "optimizer.safetensors" in hashes:

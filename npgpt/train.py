@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from . import checkpoint, data
+from . import checkpoint, data, safeload
 from .errors import UserError
 from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
@@ -150,25 +150,32 @@ def add_arguments(parser):
 
 def read_toml(path):
     """A TOML file -> {setting: value}; keys may be spelled max_iters or max-iters."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    if not os.path.exists(path):
+        raise UserError(f"config file not found: {path}")
+    return typed_settings(safeload.load_toml(path, what=f"config file {path}"), f"config file {path}")
+
+
+def typed_settings(raw, where):
+    """{key: value} from a TOML file or a checkpoint -> {setting: value}, each of its setting's type.
+
+    An int is accepted for a float setting; a string such as "0.001" is not
+    (one line naming the setting, not a TypeError later).
+    """
     settings = {}
     for key, value in raw.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in FIELDS:
-            raise UserError(f"unknown setting {key!r} in {path}")
+            raise UserError(f"{where}: unknown setting {key!r}")
         kind = KINDS[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if value is None and FIELDS[name].default is None:  # settings whose default is None may be null in a checkpoint
+            settings[name] = value
+            continue
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise UserError(f"setting {key!r} in {path} must be {kind.__name__}, got {value!r}")
+            raise UserError(f"{where}: setting {key!r} must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"{where}: setting {key!r} must be finite, got {value!r}")
         settings[name] = value
     return settings
 
@@ -217,9 +224,9 @@ def resolve_settings(args):
     if args.resume:
         ckpt = checkpoint.load(args.resume)
         saved = ckpt.state.get("train_config")
-        if not isinstance(saved, dict) or set(saved) - set(FIELDS):
+        if not isinstance(saved, dict):
             raise UserError(f"corrupt checkpoint: {ckpt.path} has no valid training settings")
-        base = TrainConfig(**saved)
+        base = TrainConfig(**typed_settings(saved, f"corrupt checkpoint: {ckpt.path} state.json train_config"))
         for name in MODEL_SETTINGS:
             if name in requested and requested[name] != getattr(base, name):
                 raise UserError(f"cannot resume {args.resume} with a different model: it has "
@@ -348,7 +355,7 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             self.optimizer.load_state_dict(ckpt.optimizer, state["optimizer"])
             self.elapsed = float(state.get("elapsed", 0.0))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
             raise UserError(f"corrupt checkpoint: {ckpt.path} training state is incomplete ({e})") from None
 
     # ---------------------------------------------------------------- pieces

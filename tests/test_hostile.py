@@ -1,0 +1,252 @@
+"""Hostile input, table-driven: every case gives its exit code, one error line, no traceback,
+and leaves every file the user had in --out in place (issue 11)."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from npgpt import safeload
+from npgpt.cli import main
+from npgpt.errors import UserError
+from training_helpers import TINY, write_corpus
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit in json and tomllib
+
+
+def files_in(directory):
+    """Every path under directory (relative), so a case can show nothing was removed."""
+    found = set()
+    for root, dirs, names in os.walk(directory):
+        for n in dirs + names:
+            found.add(os.path.relpath(os.path.join(root, n), directory))
+    return found
+
+
+def run(capsys, *args):
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+def assert_one_line(status, err, phrase, code=2):
+    assert status == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npgpt: error: "), err
+    assert "Traceback" not in err
+    assert phrase in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    data = write_corpus(tmp)
+    assert main(["train", *TINY, "--data", data, "--out", str(tmp / "out"), "--max-iters", "2"]) == 0
+    return tmp / "out", data
+
+
+def pointer(out):
+    return json.loads((out / "checkpoint.json").read_text())
+
+
+def rewrite(out, name, data):
+    """Replace snapshot file `name` with data and re-record its hash: a consistent, crafted checkpoint."""
+    p = pointer(out)
+    (out / p["snapshot"] / name).write_bytes(data)
+    p["files"][name] = hashlib.sha256(data).hexdigest()
+    (out / "checkpoint.json").write_text(json.dumps(p))
+
+
+def edit_json(out, name, change):
+    p = pointer(out)
+    obj = json.loads((out / p["snapshot"] / name).read_text())
+    obj = change(obj)
+    rewrite(out, name, json.dumps(obj).encode())
+
+
+def edit_pointer(change):
+    def apply(out):
+        p = change(pointer(out))
+        (out / "checkpoint.json").write_text(p if isinstance(p, str) else json.dumps(p))
+    return apply
+
+
+def setitem(key, value):
+    def change(obj):
+        obj[key] = value
+        return obj
+    return change
+
+
+# (id, mutation of a copy of a good checkpoint, phrase of the one error line)
+CHECKPOINT_CASES = [
+    ("pointer-deep", edit_pointer(lambda p: DEEP), "nested more than"),
+    ("pointer-list", edit_pointer(lambda p: [1, 2]), "must be an object"),
+    ("pointer-null", edit_pointer(lambda p: None), "must be an object"),
+    ("pointer-string", edit_pointer(lambda p: '"x"'), "must be an object"),
+    ("pointer-not-json", edit_pointer(lambda p: "{oops"), "not valid JSON"),
+    ("pointer-nan", edit_pointer(lambda p: '{"iter": NaN}'), "not valid JSON"),
+    ("pointer-version-2", edit_pointer(lambda p: setitem("version", 2)(p)), "field 'version'"),
+    ("pointer-version-str", edit_pointer(lambda p: setitem("version", "1")(p)), "field 'version'"),
+    ("pointer-no-version", edit_pointer(lambda p: {k: v for k, v in p.items() if k != "version"}), "'version' is missing"),
+    ("pointer-iter-negative", edit_pointer(lambda p: setitem("iter", -3)(p)), "field 'iter' must be an integer >= 0, got -3"),
+    ("pointer-iter-float", edit_pointer(lambda p: setitem("iter", 2.5)(p)), "field 'iter'"),
+    ("pointer-iter-bool", edit_pointer(lambda p: setitem("iter", True)(p)), "field 'iter'"),
+    ("pointer-format", edit_pointer(lambda p: setitem("format", "pickle")(p)), "field 'format'"),
+    ("pointer-files-list", edit_pointer(lambda p: setitem("files", [])(p)), "field 'files'"),
+    ("pointer-files-hash-int", edit_pointer(lambda p: setitem("files", {"model.safetensors": 3})(p)), "field 'files.model.safetensors'"),
+    ("pointer-snapshot-int", edit_pointer(lambda p: setitem("snapshot", 7)(p)), "field 'snapshot'"),
+    ("pointer-snapshot-traversal", edit_pointer(lambda p: setitem("snapshot", "../../etc")(p)), "valid snapshot"),
+    ("pointer-binary", lambda out: (out / "checkpoint.json").write_bytes(b"\xff\xfe\x00\x01"), "not UTF-8"),
+    ("pointer-directory", lambda out: ((out / "checkpoint.json").unlink(), (out / "checkpoint.json").mkdir()), "directory"),
+    ("state-list", lambda out: rewrite(out, "state.json", b"[1, 2]"), "must be an object"),
+    ("state-deep", lambda out: rewrite(out, "state.json", DEEP.encode()), "nested more than"),
+    ("state-iter-negative", lambda out: edit_json(out, "state.json", setitem("iter", -1)), "field 'iter'"),
+    ("state-iter-string", lambda out: edit_json(out, "state.json", setitem("iter", "5")), "field 'iter'"),
+    ("config-list", lambda out: rewrite(out, "config.json", b"[]"), "must be an object"),
+    ("config-null", lambda out: rewrite(out, "config.json", b"null"), "must be an object"),
+    ("config-deep", lambda out: rewrite(out, "config.json", DEEP.encode()), "nested more than"),
+    ("config-n-embd-string", lambda out: edit_json(out, "config.json", setitem("n_embd", "16")), "field 'n_embd'"),
+    ("config-n-layer-zero", lambda out: edit_json(out, "config.json", setitem("n_layer", 0)), "field 'n_layer'"),
+    ("config-vocab-negative", lambda out: edit_json(out, "config.json", setitem("vocab_size", -5)), "field 'vocab_size'"),
+    ("config-dropout-2", lambda out: edit_json(out, "config.json", setitem("dropout", 2.0)), "field 'dropout'"),
+    ("config-bias-string", lambda out: edit_json(out, "config.json", setitem("bias", "yes")), "field 'bias'"),
+    ("config-missing-block", lambda out: edit_json(out, "config.json", lambda c: {k: v for k, v in c.items() if k != "block_size"}),
+     "'block_size' is missing"),
+    ("tokenizer-deep", lambda out: rewrite(out, "tokenizer.json", DEEP.encode()), "nested more than"),
+    ("tokenizer-list", lambda out: rewrite(out, "tokenizer.json", b"[]"), "must be an object"),
+    ("tokenizer-binary", lambda out: rewrite(out, "tokenizer.json", b"\xff\xff"), "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+@pytest.mark.parametrize("case, mutate, phrase", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
+def test_crafted_checkpoint(trained, tmp_path, capsys, command, case, mutate, phrase):
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    mutate(out)
+    before = files_in(out)
+    args = [command, "--ckpt", out]
+    if command == "sample":
+        args += ["--max-new-tokens", "3"]
+    else:
+        args += ["--data", data]
+    status, err = run(capsys, *args)
+    assert_one_line(status, err, phrase)
+    assert files_in(out) >= before
+
+
+RESUME_CASES = [c for c in CHECKPOINT_CASES if c[0].startswith(("pointer-iter", "pointer-version", "state", "config-list"))]
+
+
+@pytest.mark.parametrize("case, mutate, phrase", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
+def test_crafted_checkpoint_on_resume(trained, tmp_path, capsys, case, mutate, phrase):
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    mutate(out)
+    before = files_in(out)
+    status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--out", out, "--max-iters", "4")
+    assert_one_line(status, err, phrase)
+    assert files_in(out) >= before
+
+
+@pytest.mark.parametrize("toml, phrase", [
+    (DEEP.replace("[", "a = [", 1), "nested more than"),
+    ("a = " + "{b = " * 200 + "1" + "}" * 200, "nested more than"),
+    (".".join(["k"] * 300) + " = 1", "nested more than"),
+    ('lr = "0.001"', "setting 'lr' must be float"),
+    ("lr = nan", "setting 'lr' must be finite"),
+    ("max_iters = 2.5", "setting 'max_iters' must be int"),
+    ("max_iters = true", "setting 'max_iters' must be int"),
+    ("bias = 1", "setting 'bias' must be bool"),
+    ("[section]\nlr = 1", "unknown setting 'section'"),
+    ("lr = [1, 2]", "setting 'lr' must be float"),
+    ("= broken", "not valid TOML"),
+])
+def test_hostile_toml(tmp_path, capsys, toml, phrase):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    data = write_corpus(tmp_path)
+    status, err = run(capsys, "train", *TINY, "--data", data, "--out", tmp_path / "out", "--config", path)
+    assert_one_line(status, err, phrase)
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (DEEP, "nested more than"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "nested more than"),
+    ("[1]", "must be an object"),
+    ('{"a": "1"}', "field 'a' must be an integer"),
+    ('{"a": NaN}', "not valid JSON"),
+    (b"\xff", "not UTF-8"),
+])
+def test_hostile_encoder_json(tmp_path, content, phrase):
+    from npgpt.tokenizers.bpe import BPETokenizer
+
+    enc = tmp_path / "encoder.json"
+    enc.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n")
+    with pytest.raises(UserError, match=phrase):
+        BPETokenizer.from_gpt2_files(enc, tmp_path / "vocab.bpe")
+
+
+@pytest.mark.parametrize("content", [DEEP, '{"merges": ' + "[" * 3000 + "]" * 3000 + "}"])
+def test_hostile_tokenizer_json(tmp_path, content):
+    from npgpt.tokenizers.bpe import BPETokenizer
+
+    path = tmp_path / "tok.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match="nested more than"):
+        BPETokenizer.load(path)
+
+
+# ------------------------------------------------------------------ safeload itself
+S = safeload
+SCHEMA = S.Obj({"iter": S.Int(min=0), "version": S.Const(1), "name": str},
+               optional={"lr": S.Float(min=0.0), "tags": S.List(str, max_len=2), "mode": S.OneOf("a", "b")},
+               extra=False)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"iter": -3, "version": 1, "name": "x"}, "f.json: field 'iter' must be an integer >= 0, got -3"),
+    ({"iter": 0, "version": 2, "name": "x"}, "field 'version' must be 1, got 2"),
+    ({"iter": 0, "version": 1}, "field 'name' is missing"),
+    ({"iter": 0, "version": 1, "name": 3}, "field 'name' must be a string, got 3"),
+    ({"iter": 0, "version": 1, "name": "x", "lr": "0.001"}, "field 'lr' must be a finite number >= 0.0"),
+    ({"iter": 0, "version": 1, "name": "x", "lr": float("inf")}, "field 'lr' must be a finite number"),
+    ({"iter": 0, "version": 1, "name": "x", "tags": ["a", 1]}, "field 'tags[1]' must be a string"),
+    ({"iter": 0, "version": 1, "name": "x", "tags": ["a"] * 3}, "at most 2"),
+    ({"iter": 0, "version": 1, "name": "x", "mode": "c"}, "field 'mode' must be one of 'a', 'b'"),
+    ({"iter": 0, "version": 1, "name": "x", "other": 1}, "unknown field 'other'"),
+    ([], "f.json must be an object, got []"),
+])
+def test_check_names_file_and_field(obj, message):
+    with pytest.raises(UserError) as e:
+        S.check(obj, SCHEMA, "f.json")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_accepts_a_good_value():
+    good = {"iter": 5, "version": 1, "name": "x", "lr": 1, "tags": ["a"], "mode": "b"}
+    assert S.check(good, SCHEMA, "f.json") is good
+
+
+def test_size_bound(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_text("[" + "0," * 1000 + "0]")
+    with pytest.raises(UserError, match="larger than 100 bytes"):
+        S.load_json(path, max_bytes=100)
+    assert len(S.load_json(path)) == 1001
+
+
+def test_character_device_is_refused():
+    with pytest.raises(UserError, match="not a regular file"):
+        S.load_json("/dev/zero")
+
+
+def test_depth_scan_ignores_brackets_in_strings():
+    assert S.max_nesting('{"a": "[[[[[[", "b": [1, "]]"]}') == 2
+    assert S.parse_json('["' + "[" * 1000 + '"]', "x") == ["[" * 1000]
+    assert S.max_nesting('"\\"[[[["') == 0
