@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import safetensors.numpy
 
 from .errors import UserError
@@ -164,6 +165,14 @@ def _load_tensors(data, path):
         raise UserError(f"corrupt checkpoint: {path} is not a valid safetensors file ({e})") from None
 
 
+def first_non_finite(params):
+    """The name of the first array holding NaN or inf, or None: such weights are refused, never saved or used."""
+    for name, w in params.items():
+        if w.dtype.kind in "fc" and not np.isfinite(w).all():
+            return name
+    return None
+
+
 def load(out_dir):
     """Read the current snapshot of out_dir (a training output directory) into a Checkpoint."""
     if not os.path.exists(out_dir):
@@ -188,6 +197,9 @@ def load(out_dir):
     tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"), TOKENIZER_SCHEMA)
     state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"), STATE_SCHEMA)
     params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))
+    bad = first_non_finite(params)
+    if bad is not None:
+        raise UserError(f"corrupt checkpoint: weight {bad} in {snapshot} holds NaN or inf values (a diverged run?); refused")
     optimizer = {}
     if "optimizer.safetensors" in hashes:
         optimizer = _load_tensors(read("optimizer.safetensors"), os.path.join(snapshot, "optimizer.safetensors"))

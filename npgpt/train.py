@@ -31,6 +31,7 @@ import numpy as np
 
 from . import checkpoint, data, safeload
 from .errors import UserError
+from .evaluate import perplexity
 from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
 from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
@@ -266,6 +267,12 @@ def prepare_out_dir(out, resume, overwrite):
 
 
 # ------------------------------------------------------------------ RNG state
+def diverged(out, iteration, what):
+    """The documented one-line stop of a non-finite run (exit status 2): nothing new is saved."""
+    return UserError(f"training diverged at iteration {iteration}: {what}; nothing was saved and the last "
+                     f"good checkpoint in {out} is unharmed (try a lower --lr)")
+
+
 def rng_state(rng):
     return rng.bit_generator.state  # a dict of Python ints: JSON-serialisable
 
@@ -370,6 +377,9 @@ class Trainer:
     def save(self):
         if self.saved_iter == self.iter:
             return
+        bad = checkpoint.first_non_finite(self.model.params)
+        if bad is not None:  # never replace a good checkpoint by a NaN one
+            raise diverged(self.cfg.out, self.iter, f"weight {bad} is not finite")
         arrays, _ = self.optimizer.state_dict()
         checkpoint.save(self.cfg.out, self.model, self.tokenizer, self.state(), arrays)
         self.saved_iter = self.iter
@@ -452,6 +462,8 @@ class Trainer:
 
     def _evaluate_and_log(self, train_loss, norm, lr, tokens_per_sec, elapsed, scheduled):
         val = self.evaluate()
+        if not math.isfinite(val):
+            raise diverged(self.cfg.out, self.iter, f"validation loss is {val}")
         self.last_val = val
         if scheduled:  # only evaluations at fixed iterations steer plateau, so resuming stays exact
             self.schedule.observe(val)
@@ -459,14 +471,16 @@ class Trainer:
         if improved:
             self.best_val = val
         train_text = f"train {train_loss:.4f} | " if train_loss is not None else ""
-        self.log(f"iter {self.iter:>6}: {train_text}val {val:.4f} | ppl {math.exp(val):.2f}"
+        ppl = perplexity(val)
+        save = improved and self.iter > 0
+        if save:
+            self.save()  # first: the log says "saved" only once the save has succeeded
+        self.log(f"iter {self.iter:>6}: {train_text}val {val:.4f} | ppl {ppl:.2f}"
                  + (f" | lr {lr:.2e} | {tokens_per_sec:,.0f} tok/s" if lr is not None else "")
-                 + (" | saved" if improved and self.iter > 0 else ""))
+                 + (" | saved" if save else ""))
         self.append_metrics({"iter": self.iter, "train_loss": train_loss, "val_loss": val,
-                             "val_perplexity": math.exp(val), "lr": lr, "grad_norm": norm,
+                             "val_perplexity": ppl if math.isfinite(ppl) else None, "lr": lr, "grad_norm": norm,
                              "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
-        if improved and self.iter > 0:
-            self.save()
 
 
 # ------------------------------------------------------------------ the command

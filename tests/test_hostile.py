@@ -250,3 +250,73 @@ def test_depth_scan_ignores_brackets_in_strings():
     assert S.max_nesting('{"a": "[[[[[[", "b": [1, "]]"]}') == 2
     assert S.parse_json('["' + "[" * 1000 + '"]', "x") == ["[" * 1000]
     assert S.max_nesting('"\\"[[[["') == 0
+
+
+# ------------------------------------------------------------------ divergence
+@pytest.mark.parametrize("loss, ppl", [(1000.0, float("inf")), (709.5, float("inf")), (float("inf"), float("inf")),
+                                       (float("-inf"), 0.0), (0.0, 1.0)])
+def test_perplexity_never_overflows(loss, ppl):
+    from npgpt.evaluate import perplexity
+
+    assert perplexity(loss) == ppl
+
+
+def test_nan_perplexity_stays_nan():
+    from npgpt.evaluate import perplexity
+
+    assert perplexity(float("nan")) != perplexity(float("nan"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverging_run_stops_and_keeps_the_good_checkpoint(trained, tmp_path, capsys, monkeypatch, bad):
+    from npgpt import train as train_mod
+
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    before_pointer = (out / "checkpoint.json").read_bytes()
+    before = files_in(out)
+    monkeypatch.setattr(train_mod.Trainer, "evaluate", lambda self: bad)
+    status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--out", out, "--max-iters", "4")
+    assert_one_line(status, err, "training diverged at iteration 4")
+    assert (out / "checkpoint.json").read_bytes() == before_pointer
+    assert files_in(out) >= before
+
+
+def test_non_finite_weights_are_never_saved(trained, tmp_path, capsys, monkeypatch):
+    from npgpt import train as train_mod
+
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    before_pointer = (out / "checkpoint.json").read_bytes()
+    real_step = train_mod.Trainer.step
+
+    def poisoned(self):
+        result = real_step(self)
+        if self.iter == 4:  # after the last step: the save check, not the gradient check, must catch it
+            next(iter(self.model.params.values()))[...] = float("nan")
+        return result
+
+    monkeypatch.setattr(train_mod.Trainer, "step", poisoned)
+    monkeypatch.setattr(train_mod.Trainer, "evaluate", lambda self: 1.0)
+    status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--out", out, "--max-iters", "4")
+    assert_one_line(status, err, "is not finite")
+    assert (out / "checkpoint.json").read_bytes() == before_pointer
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_non_finite_weights_are_refused(trained, tmp_path, capsys, value, command):
+    import safetensors.numpy
+
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    params = dict(safetensors.numpy.load((out / pointer(out)["snapshot"] / "model.safetensors").read_bytes()))
+    name = sorted(params)[0]
+    params[name] = params[name].copy()
+    params[name].flat[0] = value
+    rewrite(out, "model.safetensors", safetensors.numpy.save(params))
+    args = [command, "--ckpt", out] + (["--max-new-tokens", "3"] if command == "sample" else ["--data", data])
+    assert_one_line(*run(capsys, *args), "holds NaN or inf")
