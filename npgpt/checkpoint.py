@@ -15,7 +15,8 @@ A save writes a new snapshot into a hidden staging directory, renames it
 into place, and only then replaces checkpoint.json (temp file +
 os.replace, both atomic on POSIX).  A crash at any point leaves
 checkpoint.json naming the previous, complete snapshot; leftovers are
-removed by the next save.  Loading checks every file's hash, so a
+left alone (a save deletes only the snapshot the pointer named before it,
+never other `ckpt-*` or `.saving-*` entries, which may be the user's).  Loading checks every file's hash, so a
 truncated or edited file is reported instead of half-loaded.
 """
 import hashlib
@@ -37,7 +38,7 @@ from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 POINTER = "checkpoint.json"
 FORMAT = "npgpt-checkpoint"
 VERSION = 1
-SNAPSHOT_RE = re.compile(r"^ckpt-\d{7}(-\d+)?$")
+SNAPSHOT_RE = re.compile(r"^ckpt-\d{7,}(-\d+)?$")  # 7 digits or more: iteration 10,000,000+ too
 STAGING_PREFIX = ".saving-"
 
 # What a checkpoint's JSON files must look like (safeload schemas); everything else is refused.
@@ -107,6 +108,10 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
     Returns the snapshot directory.
     """
     os.makedirs(out_dir, exist_ok=True)
+    try:  # the snapshot this save replaces: the only existing entry a save ever deletes
+        previous = read_pointer(out_dir)
+    except UserError:
+        previous = None
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         os.chmod(staging, 0o777 & ~current_umask())
@@ -126,16 +131,14 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         raise
     pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
                "files": hashes}
-    atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
-    _remove_stale(out_dir, keep=name)
+    try:
+        atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
+    except BaseException:
+        shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # ours and never committed
+        raise
+    if previous is not None and previous["snapshot"] != name:
+        shutil.rmtree(os.path.join(out_dir, previous["snapshot"]), ignore_errors=True)
     return os.path.join(out_dir, name)
-
-
-def _remove_stale(out_dir, keep):
-    """Delete snapshots and staging leftovers other than `keep` (only names this module creates)."""
-    for entry in os.listdir(out_dir):
-        if entry != keep and (SNAPSHOT_RE.match(entry) or entry.startswith(STAGING_PREFIX)):
-            shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
 
 
 # ------------------------------------------------------------------ reading

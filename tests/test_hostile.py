@@ -320,3 +320,34 @@ def test_non_finite_weights_are_refused(trained, tmp_path, capsys, value, comman
     rewrite(out, "model.safetensors", safetensors.numpy.save(params))
     args = [command, "--ckpt", out] + (["--max-new-tokens", "3"] if command == "sample" else ["--data", data])
     assert_one_line(*run(capsys, *args), "holds NaN or inf")
+
+
+# ------------------------------------------------------------------ snapshots
+@pytest.mark.parametrize("iteration", [9_999_999, 10_000_000, 123_456_789, 10**12])
+def test_snapshots_past_ten_million_iterations(tmp_path, iteration):
+    from npgpt import checkpoint
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.tokenizers.char import CharTokenizer
+
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, backend="numpy"))
+    tok = CharTokenizer("abcde")
+    checkpoint.save(str(tmp_path), model, tok, {"iter": 5})
+    checkpoint.save(str(tmp_path), model, tok, {"iter": iteration})
+    assert checkpoint.load(str(tmp_path)).iteration == iteration
+    assert [e for e in os.listdir(tmp_path) if e.startswith("ckpt-")] == [f"ckpt-{iteration:07d}"]
+
+
+def test_a_save_deletes_only_the_snapshot_it_replaces(tmp_path):
+    from npgpt import checkpoint
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.tokenizers.char import CharTokenizer
+
+    mine = ["ckpt-0000001", "ckpt-12345678", ".saving-mine", "notes.txt"]
+    for name in mine:
+        (tmp_path / name).mkdir() if not name.endswith(".txt") else (tmp_path / name).write_text("keep")
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, backend="numpy"))
+    tok = CharTokenizer("abcde")
+    checkpoint.save(str(tmp_path), model, tok, {"iter": 7})
+    checkpoint.save(str(tmp_path), model, tok, {"iter": 9})
+    left = set(os.listdir(tmp_path))
+    assert set(mine) <= left and "ckpt-0000009" in left and "ckpt-0000007" not in left
