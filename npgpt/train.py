@@ -429,10 +429,12 @@ class Trainer:
             if stop["requested"]:  # a second Ctrl-C: give up at once (the last checkpoint is intact)
                 raise KeyboardInterrupt
             stop["requested"] = True
-            self.log("Ctrl-C: stopping after this iteration and saving a checkpoint (Ctrl-C again to abort)")
+            self.log(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this iteration and saving a checkpoint (Ctrl-C again to abort)")
 
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+        # SIGTERM (docker stop, Slurm, timeout) gets the same graceful save as Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, on_sigint) if in_main else None
         try:
             if self.iter == 0:
                 self._evaluate_and_log(None, None, None, None, 0.0, scheduled=False)
@@ -459,6 +461,7 @@ class Trainer:
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+                signal.signal(signal.SIGTERM, previous_term)
 
     def _evaluate_and_log(self, train_loss, norm, lr, tokens_per_sec, elapsed, scheduled):
         val = self.evaluate()

@@ -351,3 +351,33 @@ def test_a_save_deletes_only_the_snapshot_it_replaces(tmp_path):
     checkpoint.save(str(tmp_path), model, tok, {"iter": 9})
     left = set(os.listdir(tmp_path))
     assert set(mine) <= left and "ckpt-0000009" in left and "ckpt-0000007" not in left
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_character_device_is_refused_as_a_corpus(tmp_path, capsys, device):
+    status, err = run(capsys, "train", *TINY, "--data", device, "--out", tmp_path / "out")
+    assert_one_line(status, err, "not a regular file")
+
+
+def test_sigterm_saves_like_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_corpus(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "npgpt.cli", "train", *TINY, "--data", data, "--out", str(out),
+                             "--max-iters", "100000", "--eval-interval", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    from npgpt import checkpoint
+
+    assert checkpoint.load(str(out)).iteration > 0
