@@ -381,3 +381,14 @@ def test_sigterm_saves_like_ctrl_c(tmp_path):
     from npgpt import checkpoint
 
     assert checkpoint.load(str(out)).iteration > 0
+
+
+def test_sample_into_a_closed_pipe_exits_quietly(trained):
+    import subprocess
+    import sys
+
+    good, _ = trained
+    cmd = f"{sys.executable} -m npgpt.cli sample --ckpt {good} --max-new-tokens 2000 --num-samples 3 | head -c 1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
