@@ -15,7 +15,8 @@ A save writes a new snapshot into a hidden staging directory, renames it
 into place, and only then replaces checkpoint.json (temp file +
 os.replace, both atomic on POSIX).  A crash at any point leaves
 checkpoint.json naming the previous, complete snapshot; leftovers are
-removed by the next save.  Loading checks every file's hash, so a
+left alone (a save deletes only the snapshot the pointer named before it,
+never other `ckpt-*` or `.saving-*` entries, which may be the user's).  Loading checks every file's hash, so a
 truncated or edited file is reported instead of half-loaded.
 """
 import hashlib
@@ -26,17 +27,28 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
 from .model import GPT, GPTConfig
+from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 
 POINTER = "checkpoint.json"
 FORMAT = "npgpt-checkpoint"
 VERSION = 1
-SNAPSHOT_RE = re.compile(r"^ckpt-\d{7}(-\d+)?$")
+SNAPSHOT_RE = re.compile(r"^ckpt-\d{7,}(-\d+)?$")  # 7 digits or more: iteration 10,000,000+ too
 STAGING_PREFIX = ".saving-"
+
+# What a checkpoint's JSON files must look like (safeload schemas); everything else is refused.
+POINTER_SCHEMA = Obj({"format": Const(FORMAT), "version": Const(VERSION), "snapshot": str,
+                      "iter": Int(min=0), "files": Map(str)})
+STATE_SCHEMA = Obj({}, optional={"iter": Int(min=0)})
+CONFIG_SCHEMA = Obj({"vocab_size": Int(min=1), "block_size": Int(min=1), "n_layer": Int(min=1),
+                     "n_head": Int(min=1), "n_embd": Int(min=1)},
+                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str})
+TOKENIZER_SCHEMA = Obj({})
 
 
 @dataclass
@@ -81,13 +93,10 @@ def read_pointer(out_dir):
     if not os.path.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            pointer = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"corrupt checkpoint: cannot read {path} ({e})") from None
-    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT or not isinstance(pointer.get("files"), dict):
-        raise UserError(f"corrupt checkpoint: {path} is not an npgpt checkpoint pointer")
-    if not SNAPSHOT_RE.match(str(pointer.get("snapshot", ""))):
+        pointer = load_json(path, POINTER_SCHEMA, max_bytes=1 << 20)
+    except UserError as e:
+        raise UserError(f"corrupt checkpoint: {e}") from None
+    if not SNAPSHOT_RE.match(pointer["snapshot"]):
         raise UserError(f"corrupt checkpoint: {path} names no valid snapshot")
     return pointer
 
@@ -99,6 +108,10 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
     Returns the snapshot directory.
     """
     os.makedirs(out_dir, exist_ok=True)
+    try:  # the snapshot this save replaces: the only existing entry a save ever deletes
+        previous = read_pointer(out_dir)
+    except UserError:
+        previous = None
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         os.chmod(staging, 0o777 & ~current_umask())
@@ -118,16 +131,14 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         raise
     pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
                "files": hashes}
-    atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
-    _remove_stale(out_dir, keep=name)
+    try:
+        atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
+    except BaseException:
+        shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # ours and never committed
+        raise
+    if previous is not None and previous["snapshot"] != name:
+        shutil.rmtree(os.path.join(out_dir, previous["snapshot"]), ignore_errors=True)
     return os.path.join(out_dir, name)
-
-
-def _remove_stale(out_dir, keep):
-    """Delete snapshots and staging leftovers other than `keep` (only names this module creates)."""
-    for entry in os.listdir(out_dir):
-        if entry != keep and (SNAPSHOT_RE.match(entry) or entry.startswith(STAGING_PREFIX)):
-            shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
 
 
 # ------------------------------------------------------------------ reading
@@ -143,11 +154,11 @@ def _read_verified(snapshot, name, hashes):
     return data
 
 
-def _load_json(data, path):
+def _load_json(data, path, schema):
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"corrupt checkpoint: {path} is not valid JSON ({e})") from None
+        return parse_json(data, path, schema)
+    except UserError as e:
+        raise UserError(f"corrupt checkpoint: {e}") from None
 
 
 def _load_tensors(data, path):
@@ -155,6 +166,14 @@ def _load_tensors(data, path):
         return safetensors.numpy.load(data)
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise UserError(f"corrupt checkpoint: {path} is not a valid safetensors file ({e})") from None
+
+
+def first_non_finite(params):
+    """The name of the first array holding NaN or inf, or None: such weights are refused, never saved or used."""
+    for name, w in params.items():
+        if w.dtype.kind in "fc" and not np.isfinite(w).all():
+            return name
+    return None
 
 
 def load(out_dir):
@@ -177,10 +196,13 @@ def load(out_dir):
     def read(name):
         return _read_verified(snapshot, name, hashes)
 
-    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"))
-    tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"))
-    state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"))
+    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"), CONFIG_SCHEMA)
+    tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"), TOKENIZER_SCHEMA)
+    state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"), STATE_SCHEMA)
     params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))
+    bad = first_non_finite(params)
+    if bad is not None:
+        raise UserError(f"corrupt checkpoint: weight {bad} in {snapshot} holds NaN or inf values (a diverged run?); refused")
     optimizer = {}
     if "optimizer.safetensors" in hashes:
         optimizer = _load_tensors(read("optimizer.safetensors"), os.path.join(snapshot, "optimizer.safetensors"))

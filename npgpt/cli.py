@@ -35,14 +35,50 @@ def build_parser():
     return parser
 
 
+def _numba_cache_fallback():
+    """Point Numba's cache at a writable temp dir when the install and $HOME are read-only.
+
+    Must run before numba is imported (it reads NUMBA_CACHE_DIR once); says so once on stderr.
+    """
+    if "NUMBA_CACHE_DIR" in os.environ or "numba" in sys.modules:
+        return
+    package = os.path.dirname(os.path.abspath(__file__))
+    if os.access(package, os.W_OK):
+        return
+    import tempfile
+
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"npgpt-numba-cache-{os.getuid()}")
+    print(f"npgpt: note: {package} is read-only; caching compiled kernels in {os.environ['NUMBA_CACHE_DIR']}",
+          file=sys.stderr)
+
+
+def _describe(e):
+    """One line for an error, without '[Errno N]' prefixes."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     try:
+        _numba_cache_fallback()
+        args = build_parser().parse_args(argv)  # imports numpy/numba: Ctrl-C here must be quiet too
         return args.run(args) or 0
+    except BrokenPipeError:  # `npgpt sample | head`: the reader has all it wanted
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
+        except (OSError, ValueError):
+            pass
+        return 0
     except (UserError, ValueError, OSError) as e:
         if os.environ.get("NPGPT_DEBUG"):
             raise
-        print(f"npgpt: error: {e}", file=sys.stderr)
+        print(f"npgpt: error: {_describe(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("npgpt: error: out of memory (try a smaller --n-embd, --n-layer, --batch-size or --block-size)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("npgpt: interrupted", file=sys.stderr)

@@ -32,11 +32,15 @@ def load_text(path=None):
         raise UserError(f"data file not found: {path}")
     if os.path.isdir(path):
         raise UserError(f"data path is a directory, not a text file: {path}")
+    if not os.path.isfile(path):  # /dev/zero, a FIFO, a socket: would read forever or block
+        raise UserError(f"data path is not a regular file (a device, pipe or socket): {path}")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise UserError(f"cannot read data file {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot read data file {path}: {e.strerror or type(e).__name__}") from None
+    except MemoryError:
+        raise UserError(f"data file is too large to read into memory: {path}") from None
     if not raw.strip():
         raise UserError(f"data file is empty: {path}")
     if b"\x00" in raw:  # text never holds NUL bytes; binary files almost always do

@@ -14,6 +14,13 @@ from .errors import UserError
 from .model import GPTConfig
 
 
+def perplexity(loss):
+    """exp(loss), inf instead of OverflowError once loss passes ~709 (a diverging run), NaN stays NaN."""
+    if not math.isfinite(loss):
+        return loss if math.isnan(loss) else (math.inf if loss > 0 else 0.0)
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
 def evaluate_tokens(model, tokens, batch_size):
     """Mean cross-entropy (nats per token) over every target of tokens (N,); returns (loss, n_targets)."""
     total, count = 0.0, 0
@@ -49,6 +56,6 @@ def run(args):
         raise UserError(f"{source} has {tokens.size} token(s); evaluation needs at least 2")
     loss, n = evaluate_tokens(model, tokens, args.batch_size)
     bits_per_char = loss / math.log(2) * tokens.size / len(text)
-    print(f"{source}: {n:,} tokens | loss {loss:.4f} | perplexity {math.exp(loss):.3f} | "
+    print(f"{source}: {n:,} tokens | loss {loss:.4f} | perplexity {perplexity(loss):.3f} | "
           f"bits/char {bits_per_char:.4f}  ({args.ckpt}, iteration {ckpt.iteration})")
     return 0

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from . import checkpoint, data
+from . import checkpoint, data, safeload
 from .errors import UserError
+from .evaluate import perplexity
 from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
 from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
@@ -150,25 +151,32 @@ def add_arguments(parser):
 
 def read_toml(path):
     """A TOML file -> {setting: value}; keys may be spelled max_iters or max-iters."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    if not os.path.exists(path):
+        raise UserError(f"config file not found: {path}")
+    return typed_settings(safeload.load_toml(path, what=f"config file {path}"), f"config file {path}")
+
+
+def typed_settings(raw, where):
+    """{key: value} from a TOML file or a checkpoint -> {setting: value}, each of its setting's type.
+
+    An int is accepted for a float setting; a string such as "0.001" is not
+    (one line naming the setting, not a TypeError later).
+    """
     settings = {}
     for key, value in raw.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in FIELDS:
-            raise UserError(f"unknown setting {key!r} in {path}")
+            raise UserError(f"{where}: unknown setting {key!r}")
         kind = KINDS[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if value is None and FIELDS[name].default is None:  # settings whose default is None may be null in a checkpoint
+            settings[name] = value
+            continue
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise UserError(f"setting {key!r} in {path} must be {kind.__name__}, got {value!r}")
+            raise UserError(f"{where}: setting {key!r} must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"{where}: setting {key!r} must be finite, got {value!r}")
         settings[name] = value
     return settings
 
@@ -217,9 +225,9 @@ def resolve_settings(args):
     if args.resume:
         ckpt = checkpoint.load(args.resume)
         saved = ckpt.state.get("train_config")
-        if not isinstance(saved, dict) or set(saved) - set(FIELDS):
+        if not isinstance(saved, dict):
             raise UserError(f"corrupt checkpoint: {ckpt.path} has no valid training settings")
-        base = TrainConfig(**saved)
+        base = TrainConfig(**typed_settings(saved, f"corrupt checkpoint: {ckpt.path} state.json train_config"))
         for name in MODEL_SETTINGS:
             if name in requested and requested[name] != getattr(base, name):
                 raise UserError(f"cannot resume {args.resume} with a different model: it has "
@@ -259,6 +267,12 @@ def prepare_out_dir(out, resume, overwrite):
 
 
 # ------------------------------------------------------------------ RNG state
+def diverged(out, iteration, what):
+    """The documented one-line stop of a non-finite run (exit status 2): nothing new is saved."""
+    return UserError(f"training diverged at iteration {iteration}: {what}; nothing was saved and the last "
+                     f"good checkpoint in {out} is unharmed (try a lower --lr)")
+
+
 def rng_state(rng):
     return rng.bit_generator.state  # a dict of Python ints: JSON-serialisable
 
@@ -348,7 +362,7 @@ class Trainer:
             self.schedule.load_state_dict(state["schedule"])
             self.optimizer.load_state_dict(ckpt.optimizer, state["optimizer"])
             self.elapsed = float(state.get("elapsed", 0.0))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
             raise UserError(f"corrupt checkpoint: {ckpt.path} training state is incomplete ({e})") from None
 
     # ---------------------------------------------------------------- pieces
@@ -363,6 +377,9 @@ class Trainer:
     def save(self):
         if self.saved_iter == self.iter:
             return
+        bad = checkpoint.first_non_finite(self.model.params)
+        if bad is not None:  # never replace a good checkpoint by a NaN one
+            raise diverged(self.cfg.out, self.iter, f"weight {bad} is not finite")
         arrays, _ = self.optimizer.state_dict()
         checkpoint.save(self.cfg.out, self.model, self.tokenizer, self.state(), arrays)
         self.saved_iter = self.iter
@@ -412,10 +429,12 @@ class Trainer:
             if stop["requested"]:  # a second Ctrl-C: give up at once (the last checkpoint is intact)
                 raise KeyboardInterrupt
             stop["requested"] = True
-            self.log("Ctrl-C: stopping after this iteration and saving a checkpoint (Ctrl-C again to abort)")
+            self.log(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this iteration and saving a checkpoint (Ctrl-C again to abort)")
 
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+        # SIGTERM (docker stop, Slurm, timeout) gets the same graceful save as Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, on_sigint) if in_main else None
         try:
             if self.iter == 0:
                 self._evaluate_and_log(None, None, None, None, 0.0, scheduled=False)
@@ -442,9 +461,12 @@ class Trainer:
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+                signal.signal(signal.SIGTERM, previous_term)
 
     def _evaluate_and_log(self, train_loss, norm, lr, tokens_per_sec, elapsed, scheduled):
         val = self.evaluate()
+        if not math.isfinite(val):
+            raise diverged(self.cfg.out, self.iter, f"validation loss is {val}")
         self.last_val = val
         if scheduled:  # only evaluations at fixed iterations steer plateau, so resuming stays exact
             self.schedule.observe(val)
@@ -452,14 +474,16 @@ class Trainer:
         if improved:
             self.best_val = val
         train_text = f"train {train_loss:.4f} | " if train_loss is not None else ""
-        self.log(f"iter {self.iter:>6}: {train_text}val {val:.4f} | ppl {math.exp(val):.2f}"
+        ppl = perplexity(val)
+        save = improved and self.iter > 0
+        if save:
+            self.save()  # first: the log says "saved" only once the save has succeeded
+        self.log(f"iter {self.iter:>6}: {train_text}val {val:.4f} | ppl {ppl:.2f}"
                  + (f" | lr {lr:.2e} | {tokens_per_sec:,.0f} tok/s" if lr is not None else "")
-                 + (" | saved" if improved and self.iter > 0 else ""))
+                 + (" | saved" if save else ""))
         self.append_metrics({"iter": self.iter, "train_loss": train_loss, "val_loss": val,
-                             "val_perplexity": math.exp(val), "lr": lr, "grad_norm": norm,
+                             "val_perplexity": ppl if math.isfinite(ppl) else None, "lr": lr, "grad_norm": norm,
                              "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
-        if improved and self.iter > 0:
-            self.save()
 
 
 # ------------------------------------------------------------------ the command

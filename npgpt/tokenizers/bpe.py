@@ -29,6 +29,7 @@ from collections import Counter
 
 import regex
 
+from .. import safeload
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
 
@@ -443,13 +444,13 @@ class BPETokenizer:
     @classmethod
     def load(cls, path):
         """Read a file written by `save`; UserError if missing or corrupt."""
+        if not os.path.exists(path):
+            raise UserError(f"tokenizer file not found: {path}")
         try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise UserError(f"tokenizer file not found: {path}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path} is not a tokenizer file (invalid JSON: {e})") from None
+            d = safeload.load_json(path, what=str(path))
+        except UserError as e:  # size, depth, encoding or syntax: say it in the usual words
+            reason = str(e).removeprefix(f"{path}: ")
+            raise UserError(f"{path} is not a tokenizer file (invalid JSON: {reason})") from None
         try:
             return cls.from_dict(d)
         except UserError as e:
@@ -473,15 +474,17 @@ class BPETokenizer:
         """GPT-2's tokenizer from its `encoder.json` and `vocab.bpe` (or Hugging
         Face's `vocab.json` and `merges.txt`).  Entries of encoder.json that no
         merge makes (like "<|endoftext|>") become special tokens."""
+        for name in (encoder_json, vocab_bpe):
+            if not os.path.exists(name):
+                raise UserError(f"GPT-2 tokenizer file not found: {name}")
+        encoder = safeload.load_json(encoder_json, safeload.Map(int), what=f"GPT-2 encoder.json {encoder_json}")
         try:
-            with open(encoder_json, encoding="utf-8") as f:
-                encoder = json.load(f)
             with open(vocab_bpe, encoding="utf-8") as f:
                 lines = f.read().splitlines()
         except FileNotFoundError as e:
             raise UserError(f"GPT-2 tokenizer file not found: {e.filename}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{encoder_json} is not a GPT-2 encoder.json ({e})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{vocab_bpe} is not a GPT-2 vocab.bpe ({type(e).__name__})") from None
         if not isinstance(encoder, dict):
             raise UserError(f"{encoder_json} is not a GPT-2 encoder.json (expected a JSON object)")
         lines = [line for line in lines if line and not line.startswith("#version")]
