@@ -143,7 +143,7 @@ class CheckResult:
         if self.analytic is None:
             return ""
         line = (f"worst entry {self.where()}: analytic {self.analytic:.6g}, numerical {self.numerical:.6g}, "
-                f"ratio {_format_ratio(self.ratio)}")
+                f"ratio {format_ratio(self.ratio)}")
         if self.dout is not None:
             line += f" (with dout {self.dout} of {N_DOUTS})"
         return line
@@ -203,7 +203,7 @@ class GradcheckReport:
         return "\n".join(out)
 
 
-def _format_ratio(ratio):
+def format_ratio(ratio):
     if math.isfinite(ratio) and ratio != 0.0 and not 1e-3 <= abs(ratio) < 1e4:
         return f"{ratio:.3e}"
     return f"{ratio:.3f}" if math.isfinite(ratio) else str(ratio)
@@ -380,7 +380,9 @@ def _analytic_gradients(forward, backward, args, slots, dout, name):
             if grad is not None:
                 raise ValueError(f"{name}: got a gradient for {key}, which was None")
             continue
-        if grad is None or np.shape(grad) != x.shape:
+        if grad is None:
+            raise ValueError(f"{name}: backward returned None for {key}, expected a gradient of shape {x.shape}")
+        if np.shape(grad) != x.shape:
             raise ValueError(f"{name}: gradient for {key} has shape {np.shape(grad)}, expected {x.shape}")
         result[key] = np.array(grad, dtype=np.float64)  # a copy: backward may reuse its buffers
     return result
