@@ -161,6 +161,9 @@ class CheckResult:
                     "(a constant: a sum instead of a mean, a missing 1/N or scale?)")
         if self.analytic == 0.0:
             return "the analytic gradient is 0 here but the numerical one is not (a missing path or sum?)"
+        if self.numerical == 0.0:
+            return ("the numerical gradient is exactly 0 here (this entry cannot move the output) but the "
+                    "analytic one is not (gradient leaking through a mask, or into a path that does not exist?)")
         return ""
 
 
@@ -204,6 +207,9 @@ class GradcheckReport:
 
 
 def format_ratio(ratio):
+    """A ratio for people: 2.000, -1.000, 0, inf, 1.234e+05."""
+    if ratio == 0.0:
+        return "0"
     if math.isfinite(ratio) and ratio != 0.0 and not 1e-3 <= abs(ratio) < 1e4:
         return f"{ratio:.3e}"
     return f"{ratio:.3f}" if math.isfinite(ratio) else str(ratio)

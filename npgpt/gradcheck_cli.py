@@ -24,6 +24,7 @@ LAYER_NAMES = ("embedding", "linear", "layernorm", "gelu", "attention", "cross_e
 SUITE_NAMES = LAYER_NAMES + ("model",)
 # What a --file layer gets for each argument of forward when the file has no inputs().
 DEFAULT_INPUT_SHAPE = (2, 3, 4)
+REPEAT_FAILURES_AFTER = 10  # rows: a longer table repeats its failing rows at the end
 
 
 def layer_cases(ops, rng):
@@ -210,15 +211,15 @@ def footer(report, settings):
     n_fail = len(report.failures)
     verdict = "all passed" if report.passed else f"{n_fail} FAILED"
     checks = f"{len(report.results)} check" + ("" if len(report.results) == 1 else "s")
-    return (f"{checks}, {verdict} (float64, five-point central differences, {settings}, "
-            f"two random douts per layer, tolerance {gradcheck.DEFAULT_TOL:g}).\n"
-            f"Noise floor: an entry smaller than {gradcheck.NOISE_FLOOR:g} x the largest gradient in its check "
+    return (f"{checks}, {verdict}: float64, five-point central differences, {settings},\n"
+            f"two random douts per layer, tolerance {gradcheck.DEFAULT_TOL:g} on the max relative error.\n"
+            f"Noise floor: an entry smaller than {gradcheck.NOISE_FLOOR:g} x the largest gradient in its check\n"
             "is judged against that level, not its own size (docs/gradcheck.md#the-noise-floor).")
 
 
 def print_report(report, settings, verbose=False):
     print(report.format(verbose=verbose))
-    if report.failures and len(report.failures) < len(report.results):  # so none scrolls out of sight
+    if report.failures and len(report.results) > REPEAT_FAILURES_AFTER:  # so none scrolls out of sight
         print(f"\nFailing rows ({len(report.failures)}):")
         print(report.format(verbose=True, results=report.failures))
     print()
