@@ -3,6 +3,7 @@ that npgpt's own layers are the solutions while a wrong answer is reported
 naming the input whose gradient is wrong."""
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -105,7 +106,7 @@ def test_a_wrong_answer_is_reported_naming_the_input(fresh, capsys, name):
     outcome = exercises.check_file(fresh / f"{name}.py")
     assert outcome.status == "FAIL", outcome.message
     assert {r.input for r in outcome.report.failures} == {wrong_input}, outcome.report
-    assert f"the gradient of {wrong_input} is wrong: at {wrong_input}[" in outcome.message
+    assert re.search(rf"the gradient of {wrong_input} is wrong( \(with [^)]+\))?: at {wrong_input}\[", outcome.message)
     assert cli.main(["exercise", "check", str(fresh), name]) == 1
     out = capsys.readouterr().out
     assert f"{name}  FAIL" in out and f"the gradient of {wrong_input} is wrong" in out
@@ -114,7 +115,7 @@ def test_a_wrong_answer_is_reported_naming_the_input(fresh, capsys, name):
 def test_sum_instead_of_mean_shows_the_factor(fresh):
     solve(fresh / "cross_entropy.py", "cross_entropy", WRONG_ANSWERS["cross_entropy"][0])
     outcome = exercises.check_file(fresh / "cross_entropy.py")
-    assert "(ratio 5.000;" in outcome.message and "same factor 5" in outcome.message  # 5 counted positions
+    assert "(ratio 5.000)" in outcome.message and "same factor 5" in outcome.message  # 5 counted positions
 
 
 def test_a_changed_forward_is_refused(fresh):

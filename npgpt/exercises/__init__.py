@@ -174,9 +174,9 @@ def _what_is_wrong(report):
         if r.input in seen:
             continue
         seen.add(r.input)
-        lines.append(f"the gradient of {r.input} is wrong: at {r.where()} yours is {r.analytic:.6g}, "
-                     f"the numerical one {r.numerical:.6g} (ratio {gradcheck.format_ratio(r.ratio)}; "
-                     f"check '{r.layer}')")
+        case = f" (with {r.layer.split(', ', 1)[1]})" if ", " in r.layer else ""  # e.g. label_smoothing=0.1
+        lines.append(f"the gradient of {r.input} is wrong{case}: at {r.where()} yours is {r.analytic:.6g}, "
+                     f"the numerical one {r.numerical:.6g} (ratio {gradcheck.format_ratio(r.ratio)})")
         if r.hint():
             lines.append("  " + r.hint())
     return "\n".join(lines)
