@@ -6,10 +6,14 @@ Check a layer of your own in three lines:
     report = gradcheck.check_layer(my_forward, my_backward, {"x": x, "w": w})
     print(report); assert report.passed
 
-`check_layer` draws a random upstream gradient `dout`, and compares the
+`check_layer` draws two random upstream gradients `dout` and compares the
 layer's `backward(dout, cache)` against central differences of the scalar
 sum(forward(...) * dout), in float64.  Projecting on a random dout checks
-every output at once for the price of one scalar function.
+every output at once for the price of one scalar function.  The douts come
+from their own random stream and never resemble an input (a dout equal to x
+would pass a backward that uses x in its place); backward gets a copy of
+each.  A failing row names its worst entry: index, analytic and numerical
+value, and their ratio (a "sum instead of a mean" bug shows its factor).
 """
 import math
 from dataclasses import dataclass, field
