@@ -335,14 +335,14 @@ def check_layer(forward, backward, inputs, name="layer", eps=DEFAULT_EPS, tol=DE
     checked = [k for k in slots if args[k] is not None]
     _refuse_vacuous_check(name, inputs, args, checked)
 
-    out = forward(*_fresh_copies(args))[0]
+    out = _run_forward(forward, _fresh_copies(args), name)[0]
     if np.size(out) == 0:
         raise ValueError(f"{name}: forward returned an empty output, so there is nothing to check")
     douts = upstream_gradients(np.shape(out), [np.asarray(out), *(args[k] for k in checked)], seed)
     analytic = [_analytic_gradients(forward, backward, args, slots, dout, name) for dout in douts]
 
     def f(_):
-        return forward(*args.values())[0]
+        return _run_forward(forward, args.values(), name)[0]
 
     rng = np.random.default_rng(seed)  # which entries to sample
     pairs = [{} for _ in douts]
@@ -356,6 +356,14 @@ def check_layer(forward, backward, inputs, name="layer", eps=DEFAULT_EPS, tol=DE
         where[key] = (sel, x.shape)
     reports = [compare(name, pair, tol, floor, where) for pair in pairs]
     return _worst_of(reports)
+
+
+def _run_forward(forward, values, name):
+    result = forward(*values)
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise ValueError(f"{name}: forward must return a pair (out, cache), got "
+                         f"{type(result).__name__}{'' if not isinstance(result, (tuple, list)) else f' of length {len(result)}'}")
+    return result
 
 
 def _refuse_vacuous_check(name, inputs, args, checked):
@@ -378,7 +386,7 @@ def _describe_value(v):
 
 def _analytic_gradients(forward, backward, args, slots, dout, name):
     """{input name: float64 gradient} from backward(copy of dout, fresh cache)."""
-    out, cache = forward(*_fresh_copies(args))  # backward may write into what forward cached
+    out, cache = _run_forward(forward, _fresh_copies(args), name)  # backward may write into what forward cached
     grads = backward(np.array(dout) if np.ndim(out) else float(dout), cache)
     grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     if len(grads) != len(slots):

@@ -411,3 +411,8 @@ def test_check_result_ratio_and_hints():
     report = gradcheck.compare("l", {"w": (np.array([[2.0, 4.0], [6.0, 8.0]]), np.array([[1.0, 2.0], [3.0, 4.0]]))})
     r = report.results[0]
     assert r.factor == pytest.approx(2.0) and r.index == (0, 0) and "same factor 2" in str(report)
+
+
+def test_a_forward_that_does_not_return_out_and_cache_is_named():
+    with pytest.raises(ValueError, match=r"forward must return a pair \(out, cache\), got ndarray"):
+        gradcheck.check_layer(np.tanh, lambda dout, cache: dout, {"x": np.ones(3)})
