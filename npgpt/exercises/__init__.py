@@ -216,10 +216,13 @@ def add_arguments(parser):
                           "Walkthrough: docs/exercises.md.")
     sub = parser.add_subparsers(dest="exercise_command", metavar="ACTION")
     sub.required = True
-    init_parser = sub.add_parser("init", help="copy the exercise files into DIR to edit")
+    init_help = "copy the exercise files into DIR (created if missing) for you to edit"
+    init_parser = sub.add_parser("init", help=init_help, description=init_help)
     init_parser.add_argument("directory", metavar="DIR")
     init_parser.add_argument("--force", action="store_true", help="overwrite files that already exist in DIR")
-    check_parser = sub.add_parser("check", help="gradcheck your backwards in DIR (imports and runs those files)")
+    check_help = ("gradcheck your backwards in DIR and say which input's gradient is wrong "
+                  "(this imports the exercise files, so their code runs)")
+    check_parser = sub.add_parser("check", help=check_help, description=check_help)
     check_parser.add_argument("directory", metavar="DIR", help="the directory from `init` (or one exercise file)")
     check_parser.add_argument("names", nargs="*", metavar="EXERCISE", help=f"which ({', '.join(NAMES)}; default: all)")
     check_parser.add_argument("--verbose", "-v", action="store_true",
