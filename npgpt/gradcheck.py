@@ -386,7 +386,12 @@ def _describe_value(v):
 
 def _analytic_gradients(forward, backward, args, slots, dout, name):
     """{input name: float64 gradient} from backward(copy of dout, fresh cache)."""
-    out, cache = _run_forward(forward, _fresh_copies(args), name)  # backward may write into what forward cached
+    fresh = _fresh_copies(args)
+    out, cache = _run_forward(forward, fresh, name)  # backward may write into what forward cached
+    for key, before, after in zip(args, args.values(), fresh):
+        if _is_float_array(before) and not np.array_equal(before, after, equal_nan=True):
+            raise ValueError(f"{name}: forward changed its input {key} in place; finite differences need a "
+                             "forward that leaves its inputs alone")
     grads = backward(np.array(dout) if np.ndim(out) else float(dout), cache)
     grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     if len(grads) != len(slots):

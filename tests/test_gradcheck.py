@@ -416,3 +416,12 @@ def test_check_result_ratio_and_hints():
 def test_a_forward_that_does_not_return_out_and_cache_is_named():
     with pytest.raises(ValueError, match=r"forward must return a pair \(out, cache\), got ndarray"):
         gradcheck.check_layer(np.tanh, lambda dout, cache: dout, {"x": np.ones(3)})
+
+
+def test_a_forward_that_changes_its_input_is_refused():
+    def forward(x):
+        x *= 2.0  # in place: every finite difference would start from a different x
+        return x, None
+
+    with pytest.raises(ValueError, match="forward changed its input x in place"):
+        gradcheck.check_layer(forward, lambda dout, cache: 2.0 * dout, {"x": np.ones(3)})
