@@ -360,10 +360,12 @@ def check_layer(forward, backward, inputs, name="layer", eps=DEFAULT_EPS, tol=DE
 
 def _run_forward(forward, values, name):
     result = forward(*values)
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise ValueError(f"{name}: forward must return a pair (out, cache), got "
-                         f"{type(result).__name__}{'' if not isinstance(result, (tuple, list)) else f' of length {len(result)}'}")
-    return result
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        return result
+    got = type(result).__name__
+    if isinstance(result, (tuple, list)):
+        got += f" of length {len(result)}"
+    raise ValueError(f"{name}: forward must return a pair (out, cache), got {got}")
 
 
 def _refuse_vacuous_check(name, inputs, args, checked):
