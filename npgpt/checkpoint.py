@@ -243,8 +243,8 @@ def load_model(out_dir, backend=None):
     ckpt = load(out_dir)
     model = build_model(ckpt, backend=backend)
     try:
-        tokenizer = from_dict(ckpt.tokenizer)
-    except (ValueError, KeyError, TypeError) as e:
+        tokenizer = from_dict(ckpt.tokenizer)  # a BPE split pattern is vetted here (tokenizers/split.py)
+    except (UserError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"corrupt checkpoint: bad tokenizer in {ckpt.path} ({e})") from None
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"corrupt checkpoint: tokenizer has {tokenizer.vocab_size} tokens, "
