@@ -32,7 +32,7 @@ import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, param_shapes
 from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 
 POINTER = "checkpoint.json"
@@ -220,19 +220,28 @@ def config_from(ckpt, **overrides):
 
 
 def build_model(ckpt, **overrides):
-    """A GPT holding the checkpoint's weights; overrides as in config_from."""
-    model = GPT(config_from(ckpt, **overrides))
-    expected = model.shapes
+    """A GPT holding the checkpoint's weights; overrides as in config_from.
+
+    The weights are checked against the config's shapes before the model is
+    allocated, so a crafted config (n_embd 10**9) cannot make npgpt allocate
+    more than the weights file itself holds.
+    """
+    config = config_from(ckpt, **overrides)
+    if config.n_layer > len(ckpt.params):  # each layer has several weights: don't list 10**9 layers' names
+        raise UserError(f"corrupt checkpoint: {ckpt.path} config says n_layer {config.n_layer}, but the weights "
+                        f"file holds only {len(ckpt.params)} arrays")
+    expected = param_shapes(config)
     if set(ckpt.params) != set(expected):
         missing = sorted(set(expected) - set(ckpt.params))
         extra = sorted(set(ckpt.params) - set(expected))
         raise UserError(f"corrupt checkpoint: {ckpt.path} weights do not match its config "
                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, shape in expected.items():
+        if ckpt.params[name].shape != shape:
+            raise UserError(f"corrupt checkpoint: {name} has shape {ckpt.params[name].shape}, config says {shape}")
+    model = GPT(config)
     for name, p in model.params.items():
-        w = ckpt.params[name]
-        if w.shape != p.shape:
-            raise UserError(f"corrupt checkpoint: {name} has shape {w.shape}, config says {p.shape}")
-        p[...] = w  # into the flat buffer's view: keeps the layout the optimizer relies on
+        p[...] = ckpt.params[name]  # into the flat buffer's view: keeps the layout the optimizer relies on
     return model
 
 
