@@ -223,3 +223,50 @@ def _first_gap(chunks, text):
 def _shown(pattern):
     text = repr(pattern)
     return text if len(text) <= 60 else text[:57] + "...'"
+
+
+# Where GPT-2's pattern may cut a text so that splitting the two parts gives
+# exactly the chunks of splitting the whole: after a non-space character
+# followed by whitespace, or after a character that is none of space, letter
+# or apostrophe followed by a letter.  The chunk holding the character before
+# the cut is then a letter, digit or symbol run (or a contraction) that stops
+# there whatever follows, the pattern looks at most one character past a
+# match, and it has no lookbehind, so the part after the cut splits the same
+# alone.  (Both parts are tested against the whole in tests/test_hostile_stream.py.)
+_GPT2_CUT = regex.compile(r"(?r)(?:\S(?=\s)|[^\s\p{L}'](?=\p{L}))")
+
+
+def safe_cut(text, pattern, specials=(), start=0):
+    """The last position q >= start of text where `pattern` may cut it (see above), or None.
+
+    Positions before `start` are not looked at (a caller that found none
+    there before passes the old length, so a long text is scanned once).
+
+    Only GPT-2's pattern has known cut points; for any other pattern the
+    answer is None (the text must be split whole).  A cut never falls inside
+    an occurrence of one of the `specials` strings.
+    """
+    if pattern != GPT2_SPLIT_PATTERN:
+        return None
+    end = len(text)
+    while True:
+        m = _GPT2_CUT.search(text, max(start - 1, 0), end)  # backwards from end: the last cut point
+        if m is None:
+            return None
+        q = m.end()
+        inside = _special_around(text, q, specials)
+        if inside is None:
+            return q
+        end = inside + 1  # try again before that special token
+
+
+def _special_around(text, q, specials):
+    """The start of an occurrence of a special string that spans position q (starts before, ends after), or None."""
+    for s in specials:
+        first = max(q - len(s) + 1, 0)
+        at = text.find(s, first, q + len(s) - 1)
+        while at != -1 and at < q:
+            if at + len(s) > q:
+                return at
+            at = text.find(s, at + 1, q + len(s) - 1)
+    return None
