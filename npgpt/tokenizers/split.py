@@ -248,9 +248,13 @@ def safe_cut(text, pattern, specials=(), start=0):
     """
     if pattern != GPT2_SPLIT_PATTERN:
         return None
-    end = len(text)
+    longest = max(map(len, specials), default=1)
+    # A special token may begin before q and end in text not read yet: keep q at least
+    # longest - 1 characters before the end, where every occurrence spanning it is visible.
+    end = min(len(text), len(text) - longest + 2)
+    from_pos = max(start - longest, 0)  # a caller's earlier text was searched up to here
     while True:
-        m = _GPT2_CUT.search(text, max(start - 1, 0), end)  # backwards from end: the last cut point
+        m = _GPT2_CUT.search(text, from_pos, end) if end > from_pos else None  # backwards: the last cut point
         if m is None:
             return None
         q = m.end()
