@@ -607,3 +607,28 @@ def test_a_run_resumed_at_iteration_ten_million_saves_and_loads(trained, tmp_pat
     status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "10000005")
     assert status == 0, err
     assert checkpoint.load(str(out)).iteration == 10_000_005
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--data", "/dev/zero"], "/dev/zero is not a regular file"),
+    (["--data", "DIR"], "is a directory"),
+    (["-o", "FIFO"], "exists and is not a regular file"),
+    (["-o", "DIR"], "exists and is not a regular file"),
+])
+def test_hostile_tokenizer_train_paths(tmp_path, capsys, flags, phrase):
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    flags = [str(tmp_path / f.lower()) if f in ("DIR", "FIFO") else f for f in flags]
+    before = files_in(tmp_path)
+    assert_one_line(*run(capsys, "tokenizer", "train", "--vocab-size", "260", *flags), phrase)
+    assert files_in(tmp_path) == before and (tmp_path / "fifo").is_fifo()  # the FIFO is not replaced
+
+
+@pytest.mark.parametrize("out, phrase", [("/dev/null", "cannot write to output directory /dev/null"),
+                                         ("FILE", "cannot write to output directory")])
+def test_hostile_out_paths(tmp_path, capsys, out, phrase):
+    data = write_corpus(tmp_path)
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" if out == "FILE" else out
+    assert_one_line(*run(capsys, "train", *TINY, "--data", data, "--out", out, "--max-iters", "2"), phrase)
+    assert (tmp_path / "file").read_text() == "mine"

@@ -72,6 +72,7 @@ def load_tokenizer(path):
 def _read_text(path):
     if path is None:
         return importlib.resources.files("npgpt").joinpath("corpora", "tinyshakespeare.txt").read_text("utf-8")
+    _is_regular(path)  # a device such as /dev/zero would be read until memory runs out
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -82,6 +83,8 @@ def _read_text(path):
 
 
 def run_train(args):
+    if os.path.lexists(args.output) and not os.path.isfile(args.output):  # never replace a device, FIFO or directory
+        raise UserError(f"-o {args.output} exists and is not a regular file; choose another output path")
     text = _read_text(args.data)
     specials = args.special if args.special is not None else [ENDOFTEXT]
     start = time.perf_counter()
