@@ -84,11 +84,28 @@ def available_memory():
     return min(available, room) if room is not None else available
 
 
+def _cgroup_dirs():
+    """Where this process's memory cgroup may be: its own path (from /proc/self/cgroup), then the mount's root."""
+    dirs = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":  # cgroup v2
+                    dirs.append(("/sys/fs/cgroup" + path.rstrip("/"), "memory.max", "memory.current"))
+                elif "memory" in controllers.split(","):  # cgroup v1
+                    dirs.append(("/sys/fs/cgroup/memory" + path.rstrip("/"), "memory.limit_in_bytes",
+                                 "memory.usage_in_bytes"))
+    except (OSError, ValueError):
+        pass
+    return dirs + [("/sys/fs/cgroup", "memory.max", "memory.current"),
+                   ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")]
+
+
 def _cgroup_room():
-    """limit - usage of this process's memory cgroup (v2, then v1), or None when unlimited or unknown."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    """limit - usage of this process's memory cgroup (v2 or v1), or None when unlimited or unknown."""
+    for directory, limit_name, usage_name in _cgroup_dirs():
+        limit_file, usage_file = os.path.join(directory, limit_name), os.path.join(directory, usage_name)
         try:
             with open(limit_file) as f:
                 limit = f.read().strip()
