@@ -632,3 +632,13 @@ def test_hostile_out_paths(tmp_path, capsys, out, phrase):
     out = tmp_path / "file" if out == "FILE" else out
     assert_one_line(*run(capsys, "train", *TINY, "--data", data, "--out", out, "--max-iters", "2"), phrase)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_check_split_pattern_names_where_the_pattern_came_from():
+    from npgpt.tokenizers.split import GPT2_SPLIT_PATTERN, check_split_pattern
+
+    assert check_split_pattern(GPT2_SPLIT_PATTERN, "x").split("it's 42!") == ["it", "'s", " 42", "!"]
+    with pytest.raises(UserError, match=r"^tokenizer.json pre_tokenizer: split pattern '\\\\S\+' drops text"):
+        check_split_pattern(r"\S+", "tokenizer.json pre_tokenizer")
+    with pytest.raises(UserError, match="^f.json: the split pattern must be a string, got dict"):
+        check_split_pattern({"Regex": "x"}, "f.json")

@@ -245,7 +245,7 @@ class BPETokenizer:
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
         self._cache = {}
         self.pattern = pattern
-        self._splitter = check_split_pattern(pattern, "split pattern")  # untrusted: may not hang or drop text
+        self._splitter = check_split_pattern(pattern)  # untrusted: may not hang or drop text
 
     @staticmethod
     def _number_specials(special_tokens, first_id):
@@ -275,7 +275,7 @@ class BPETokenizer:
         """
         special_tokens = (special_tokens,) if isinstance(special_tokens, str) else tuple(special_tokens)
         cls._number_specials(special_tokens, 256)  # validate before the slow part
-        check_split_pattern(pattern, "split pattern")
+        check_split_pattern(pattern)
         smallest = 256 + len(special_tokens)
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
             raise UserError(f"vocab_size must be an integer of at least {smallest} "
@@ -300,7 +300,7 @@ class BPETokenizer:
         >>> BPETokenizer._count_chunks("ab ab", (), GPT2_SPLIT_PATTERN) == {(64, 65): 1, (188 + 32, 64, 65): 1}
         True
         """
-        splitter = check_split_pattern(pattern, "split pattern")
+        splitter = check_split_pattern(pattern)
         parts = [text]
         if special_tokens:
             parts = regex.split(_alternation(special_tokens), text)

@@ -99,14 +99,16 @@ class Splitter:
 _vetted = {}  # pattern -> Splitter, or the UserError message it was refused with
 
 
-def check_split_pattern(pattern, where="split pattern"):
-    """A Splitter for `pattern`, or UserError (one line, starting with `where`) if it could hang or drop text.
+def check_split_pattern(pattern, where=None):
+    """A Splitter for `pattern`, or UserError (one line, starting with `where:` if given) if it could hang or
+    drop text.
 
     Accepts GPT-2's pattern at once; vets any other (see the module
     docstring) once per process.
     """
+    prefix = f"{where}: " if where else ""
     if not isinstance(pattern, str):
-        raise UserError(f"{where}: the split pattern must be a string, got {type(pattern).__name__}")
+        raise UserError(f"{prefix}the split pattern must be a string, got {type(pattern).__name__}")
     if pattern not in _vetted:
         try:
             _vetted[pattern] = _vet(pattern)
@@ -114,7 +116,7 @@ def check_split_pattern(pattern, where="split pattern"):
             _vetted[pattern] = str(e)
     verdict = _vetted[pattern]
     if isinstance(verdict, str):
-        raise UserError(f"{where}: {verdict}")
+        raise UserError(prefix + verdict)
     return verdict
 
 
