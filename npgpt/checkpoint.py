@@ -126,19 +126,27 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         name = _new_snapshot_name(out_dir, int(state.get("iter", 0)))
         os.rename(staging, os.path.join(out_dir, name))  # atomic: the snapshot appears complete
         fsync_dir(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _raise_save_error(e, out_dir, previous)
     pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
                "files": hashes}
     try:
         atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # ours and never committed
-        raise
+        _raise_save_error(e, out_dir, previous)
     if previous is not None and previous["snapshot"] != name:
         shutil.rmtree(os.path.join(out_dir, previous["snapshot"]), ignore_errors=True)
     return os.path.join(out_dir, name)
+
+
+def _raise_save_error(e, out_dir, previous):
+    """A failed write (full disk, quota, permissions) as one line without the staging file's temporary name."""
+    if isinstance(e, OSError):
+        kept = "the previous checkpoint is unharmed" if previous is not None else "nothing was saved"
+        raise UserError(f"cannot save a checkpoint in {out_dir}: {e.strerror or type(e).__name__}; {kept}") from None
+    raise e
 
 
 # ------------------------------------------------------------------ reading

@@ -78,7 +78,8 @@ def _assert_full_disk_run_fails_cleanly(capsys, out, data):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith("npgpt: error: "), err
-    assert "No space left on device" in lines[0] and "Traceback" not in err
+    assert "cannot save a checkpoint in" in lines[0] and "No space left on device; the previous checkpoint is unharmed" in lines[0]
+    assert ".saving-" not in err and ".tmp-" not in err and "Traceback" not in err  # no temporary names
     assert (out / "checkpoint.json").read_bytes() == pointer_before  # the old checkpoint is still current
     assert checkpoint.load(str(out)).iteration == 5
     assert files_before <= _files(out)
