@@ -459,6 +459,8 @@ class Trainer:
             # decides the order of float sums (and the dropout streams), so a run
             # resumed on a machine with another core count still splits the same way.
             cfg = replace(cfg, workers=choose_workers(model, cfg.batch_size))
+        if cfg.lr_decay_iters is None:  # as resolve_settings does: fixed at the start and saved
+            cfg = replace(cfg, lr_decay_iters=cfg.max_iters)
         self.cfg = cfg
         if hasattr(task, "set_workers"):
             task.set_workers(cfg.workers)
