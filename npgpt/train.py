@@ -3,16 +3,30 @@
     npgpt train                                   # char model on Tiny Shakespeare, ~5 min on 2 cores
     npgpt train --data my.txt --max-iters 5000 --out out-mine
     npgpt train --resume out-mine --max-iters 8000   # continue exactly where it stopped
+    npgpt train --init-from out-mine --data other.txt --out out-tuned   # fine-tune
 
-One iteration: draw grad_accum micro-batches of random windows, average
-their gradients, clip, take one AdamW step at the schedule's rate.  Every
-eval_interval iterations: validation loss (mean over eval_iters random
-validation batches), a line in OUT/metrics.jsonl, and a checkpoint when
-the validation loss improved.  At the end (or on Ctrl-C) a final
-checkpoint, then a sample.
+One loop (Trainer) for every task: language modelling here, classification
+and seq2seq elsewhere.  A task (npgpt/tasks.py, which states the protocol)
+draws batches, computes a loss and its gradient and evaluates; the Trainer
+does everything else, the same way for all of them:
 
-Settings come from, in increasing priority: the defaults below, the
-checkpoint being resumed, a --config TOML file, and command-line flags.
+- one iteration: grad_accum micro-batches, their gradients averaged, a
+  non-finite loss or gradient stopping the run (naming the first bad
+  tensor), an optional z-score outlier skip, clipping, one AdamW step at
+  the schedule's rate;
+- every log_interval iterations a record in OUT/steps.jsonl (loss, lr,
+  gradient norm and clipping, ms per step, tokens/s, MFU), after a header
+  naming the run's settings, versions, CPU and git revision;
+- every eval_interval iterations the task's evaluation, a line in
+  OUT/metrics.jsonl, and a checkpoint when the validation loss improved;
+  OUT/best.json names the best-validation snapshot, checkpoint.json the
+  latest (npgpt/checkpoint.py);
+- at the end (or on Ctrl-C / SIGTERM) a final checkpoint; resuming it is
+  bit-exact (weights, AdamW moments, RNGs, schedule, outlier windows).
+
+Settings come from, in increasing priority: the defaults below (or the
+fine-tuning defaults with --init-from), the checkpoint being resumed, a
+--config TOML file, and command-line flags.
 """
 import argparse
 import datetime
@@ -377,11 +391,19 @@ def first_non_finite_tensor(model, grad):
 
 # ------------------------------------------------------------------ the step log
 @functools.cache
-def matmul_peak_flops():
-    """The float32 matrix-product rate of this machine, FLOP/s, measured once per process (as npgpt bench)."""
-    from .bench import sgemm_peak_gflops
-
-    return sgemm_peak_gflops(sizes=(1024,), repeats=3) * 1e9
+def matmul_peak_flops(n=1024, repeats=3):
+    """This machine's float32 matrix-product rate, FLOP/s: the fastest of a few (n, n) products,
+    measured once per process.  The fastest, not the median (npgpt bench's choice): on a
+    shared machine the median measures the other jobs, and MFU would pass 100%."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    fastest = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * n**3 / fastest
 
 
 def machine_description():
@@ -500,7 +522,8 @@ class Trainer:
 
     def _restore(self, ckpt):
         state = ckpt.state
-        saved_task = (state.get("task") or {}).get("name", "lm") if isinstance(state.get("task"), (dict, type(None))) else None
+        task_state = state.get("task") or {"name": "lm"}  # checkpoints from before tasks were language models
+        saved_task = task_state.get("name") if isinstance(task_state, dict) else None
         if saved_task != self.task.name:
             raise UserError(f"cannot resume {ckpt.path} as a {self.task.name!r} run: it holds a {saved_task!r} run")
         try:
@@ -611,15 +634,26 @@ class Trainer:
         if reason is not None:
             if norm is None:
                 norm = self._global_norm(self.grad)
+                if not math.isfinite(norm):  # a skip never hides a divergence
+                    raise self._non_finite(f"gradient norm {norm}")
             self._log_skip(loss, norm, loss_z, grad_z, lr, reason)
         else:
-            try:
-                norm = self.optimizer.step(self.grad, lr)
-            except FloatingPointError:
-                raise self._non_finite("gradient norm " + str(self._global_norm(self.grad))) from None
+            norm = self.update(lr)
         self.iter += 1
         self.tokens += self.tokens_per_iter
         return loss, norm, lr
+
+    def update(self, lr):
+        """Clip self.grad in place and apply one AdamW step at lr -> the gradient norm before clipping.
+
+        The place for per-tensor statistics of the update (issue 15 part 2): copy
+        model.flat_params before this call; after it, self.grad is the clipped gradient
+        and the difference of the parameters is the update actually applied.
+        """
+        try:
+            return self.optimizer.step(self.grad, lr)
+        except FloatingPointError:
+            raise self._non_finite("gradient norm " + str(self._global_norm(self.grad))) from None
 
     def evaluate(self):
         """The task's evaluation -> the validation loss, which picks the best checkpoint;
