@@ -40,6 +40,7 @@ smallest one):
 Everything else (optimizer, schedule, checkpoints, logs, guardrails) is the
 loop's, so a new task is one class and never a copy of the loop.
 """
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -74,8 +75,6 @@ def lm_flops_per_batch(config, batch_size):
 # until npgpt/pretrained.py lands, then wired in `_require_npgpt_checkpoint`'s place:
 # pretrained.load_for_finetuning(path, dtype, backend, block_size) -> (model, tokenizer).
 def _require_npgpt_checkpoint(path):
-    import os
-
     if not os.path.exists(path):
         raise UserError(f"--init-from {path}: directory not found")
     if not os.path.isdir(path):
