@@ -192,6 +192,28 @@ def test_a_save_that_is_not_the_best_never_deletes_the_best(tmp_path):
     assert sorted(e for e in os.listdir(tmp_path) if e.startswith("ckpt-")) == ["ckpt-0000004"]
 
 
+def test_a_crash_before_best_json_is_replaced_leaves_the_previous_best(tmp_path, monkeypatch):
+    from npgpt import GPT, GPTConfig
+    from npgpt.tokenizers.char import CharTokenizer
+
+    model, tok = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, backend="numpy")), CharTokenizer("abcde")
+    checkpoint.save(str(tmp_path), model, tok, {"iter": 1}, best=True)
+    checkpoint.save(str(tmp_path), model, tok, {"iter": 2})
+    real = checkpoint.atomic_write_bytes
+
+    def crash_on_best(path, data):
+        if path.endswith(checkpoint.BEST_POINTER):
+            raise KeyboardInterrupt  # the machine "dies" between the two pointers
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", crash_on_best)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(str(tmp_path), model, tok, {"iter": 3}, best=True)
+    monkeypatch.undo()
+    assert checkpoint.load(str(tmp_path)).iteration == 3  # the latest was committed
+    assert checkpoint.load(str(tmp_path), which="best").iteration == 1  # the old best is intact
+
+
 # ------------------------------------------------------------------ the step log
 STEP_FIELDS = {"kind", "iter", "tokens", "steps", "train_loss", "lr", "grad_norm", "clipped", "grad_norm_max",
                "clipped_steps", "skipped_steps", "ms_per_step", "tokens_per_sec", "mfu"}
@@ -346,6 +368,8 @@ def test_init_from_refuses_a_different_model_and_a_longer_context(tmp_path, caps
     capsys.readouterr()
     assert main(["train", "--data", data, "--out", str(tmp_path / "t"), "--init-from", str(tmp_path)]) == 2
     assert "no npgpt checkpoint" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "base"), "--init-from", str(tmp_path / "base")]) == 2
+    assert "--init-from starts a new run" in capsys.readouterr().err
 
 
 def test_initial_model_is_the_saved_one_cropped_and_cast(tmp_path):
