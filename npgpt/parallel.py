@@ -101,7 +101,7 @@ class DataParallel:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if workers > 1 and not threads_may_share_kernels():
             raise ValueError("data-parallel workers need Numba's 'omp' or 'tbb' threading layer; this Numba "
-                             "fell back to 'workqueue' (use one worker: --workers 1)")
+                             "fell back to 'workqueue' (use one worker)")
         self.model, self.workers = model, workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="npgpt-shard",
                                         initializer=_one_thread_per_worker)

@@ -360,7 +360,7 @@ class Trainer:
             self.data_rng = rng_from_state(state["rng"]["data"])
             self.dropout_rng = rng_from_state(state["rng"]["dropout"])
             self.schedule.load_state_dict(state["schedule"])
-            self.optimizer.load_state_dict(ckpt.optimizer, state["optimizer"])
+            self.optimizer.load_state_dict({**ckpt.optimizer, **state["optimizer"]})  # m, v + {"step": n}
             self.elapsed = float(state.get("elapsed", 0.0))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
             raise UserError(f"corrupt checkpoint: {ckpt.path} training state is incomplete ({e})") from None
@@ -368,7 +368,7 @@ class Trainer:
     # ---------------------------------------------------------------- pieces
     def state(self):
         """The JSON training state a checkpoint stores (arrays go separately)."""
-        _, opt_scalars = self.optimizer.state_dict()
+        opt_scalars = {"step": self.optimizer.step_count}  # m and v go to optimizer.safetensors
         return {"iter": self.iter, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                 "train_config": asdict(self.cfg), "optimizer": opt_scalars, "schedule": self.schedule.state_dict(),
                 "rng": {"data": rng_state(self.data_rng), "dropout": rng_state(self.dropout_rng)},
@@ -380,7 +380,8 @@ class Trainer:
         bad = checkpoint.first_non_finite(self.model.params)
         if bad is not None:  # never replace a good checkpoint by a NaN one
             raise diverged(self.cfg.out, self.iter, f"weight {bad} is not finite")
-        arrays, _ = self.optimizer.state_dict()
+        opt_state = self.optimizer.state_dict()
+        arrays = {"m": opt_state["m"], "v": opt_state["v"]}
         checkpoint.save(self.cfg.out, self.model, self.tokenizer, self.state(), arrays)
         self.saved_iter = self.iter
 
