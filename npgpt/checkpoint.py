@@ -184,7 +184,7 @@ def load(out_dir):
         raise UserError(f"no checkpoint at {out_dir}: not a directory")
     pointer = read_pointer(out_dir)
     if pointer is None:
-        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (train with --out {out_dir} first)")
+        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (no training run has saved a checkpoint there)")
     snapshot = os.path.join(out_dir, pointer["snapshot"])
     if not os.path.isdir(snapshot):
         raise UserError(f"corrupt checkpoint: snapshot directory {snapshot} is missing")

@@ -215,16 +215,19 @@ def test_model_generate_matches_the_streaming_sampler_and_is_seeded():
 
 
 # ------------------------------------------------------------------ messages
-def test_library_messages_name_no_command_line_flags():
-    from npgpt import data
+def test_library_messages_name_no_command_line_flags(tmp_path):
+    from npgpt import checkpoint, data
     from npgpt.optim import AdamW
 
     model = tiny()
     grad = np.full(model.num_params, np.nan, np.float32)
+    bpe = npgpt.BPETokenizer.train("hello hello", 258, special_tokens=("<|endoftext|>",))
     messages = []
     for call in (lambda: AdamW(model).step(grad, 1e-3),
                  lambda: data.build_tokenizer("bpe", "some text"),
-                 lambda: data.check_long_enough(np.arange(3), 8, "training split")):
+                 lambda: data.check_long_enough(np.arange(3), 8, "training split"),
+                 lambda: bpe.encode("a<|endoftext|>"),
+                 lambda: checkpoint.load(str(tmp_path))):
         with pytest.raises((ValueError, FloatingPointError)) as info:
             call()
         messages.append(str(info.value))

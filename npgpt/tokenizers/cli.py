@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..errors import UserError
-from .bpe import ENDOFTEXT, BPETokenizer
+from .bpe import ENDOFTEXT, BPETokenizer, SpecialTokenError
 
 
 def add_arguments(parser):
@@ -108,7 +108,10 @@ def run_encode(args):
         text = _read_text(args.file)
     else:
         text = sys.stdin.read()
-    ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
+    try:
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
+    except SpecialTokenError as e:  # the library's message names the Python argument; add the flag
+        raise UserError(f"{e} (on the command line: --allow-special)") from None
     if args.tokens:
         for i in ids:
             print(i, repr(tok.decode_bytes([i]))[1:])
