@@ -1,8 +1,11 @@
 """Sampling from a trained model, with a KV cache, and `npgpt sample`.
 
-    ids = model.generate(prompt_ids, 500, temperature=0.8, top_k=200, seed=0)   # all at once
-    for token in generate(model, prompt_ids, 500, rng, temperature=0.8, top_k=200):
-        ...   # one id at a time, as soon as it is drawn
+    >>> import npgpt
+    >>> model = npgpt.GPT(npgpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, backend="numpy"))
+    >>> ids = model.generate([1, 2, 3], 20, temperature=0.8, top_k=5, seed=0)   # all at once
+    >>> streamed = [int(token) for token in generate(model, [1, 2, 3], 20, 0, temperature=0.8, top_k=5)]
+    >>> streamed == list(ids[3:])      # one id at a time, as soon as it is drawn; the same ids
+    True
 
 Without a cache every new token re-runs the model over the whole context.
 With it, each layer keeps the keys and values of the positions it has

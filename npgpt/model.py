@@ -131,11 +131,16 @@ def get_backend(name):
 class GPT:
     """A GPT-2 language model with hand-written backward passes.
 
-    model = GPT(GPTConfig(...), seed=0)
-    loss, grads = model.loss_and_grad(idx, targets)  # idx, targets (B, T) ints; grads: Gradients
-    loss, cache = model.forward(idx, targets)        # the same in two halves, one batch in one piece
-    grads = model.backward(cache)                    # {name: array shaped like params[name]}, .flat
-    ids = model.generate(prompt_ids, max_new_tokens=100, temperature=0.8, top_k=200, seed=0)
+    >>> model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dtype="float64"), seed=0)
+    >>> idx = np.arange(16).reshape(2, 8) % 11
+    >>> targets = (idx + 1) % 11
+    >>> loss, grads = model.loss_and_grad(idx, targets)  # idx, targets (B, T) ints; grads: Gradients
+    >>> loss2, cache = model.forward(idx, targets)       # the same in two halves, one batch in one piece
+    >>> grads2 = model.backward(cache)                   # {name: array shaped like params[name]}, .flat
+    >>> bool(np.isclose(loss, loss2)), bool(np.allclose(grads.flat, grads2.flat))
+    (True, True)
+    >>> model.generate([[1, 2], [3, 4]], max_new_tokens=5, temperature=0.8, top_k=3, seed=0).shape
+    (2, 7)
 
     workers: data-parallel threads for loss_and_grad (numba backend): None
     chooses like `npgpt train` (npgpt.parallel.choose_workers), 1 runs each
