@@ -13,16 +13,8 @@ single array.  Gradients have the same layout (`Gradients`).
 
 To read the model's math in one sitting, start with npgpt/reference.py:
 the same forward and backward in the plain layers, without the fused-kernel
-branches, dropout and buffers this file adds for speed.
-
-    >>> import numpy as np, npgpt
-    >>> model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, backend="numpy"))
-    >>> idx = np.arange(16).reshape(2, 8) % 11
-    >>> loss, grads = model.loss_and_grad(idx, (idx + 1) % 11)   # mean cross-entropy, Gradients
-    >>> grads["h.0.mlp.c_fc.weight"].shape, grads.flat.shape == model.flat_params.shape
-    ((8, 32), True)
-    >>> model.generate([1, 2, 3], max_new_tokens=4, seed=0).shape   # the prompt and 4 new ids
-    (7,)
+branches, dropout and buffers this file adds for speed.  GPT's docstring
+shows the public methods at work.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -139,8 +131,12 @@ class GPT:
     >>> grads2 = model.backward(cache)                   # {name: array shaped like params[name]}, .flat
     >>> bool(np.isclose(loss, loss2)), bool(np.allclose(grads.flat, grads2.flat))
     (True, True)
+    >>> grads["h.0.mlp.c_fc.weight"].shape, grads.flat.shape == model.flat_params.shape
+    ((8, 32), True)
     >>> model.generate([[1, 2], [3, 4]], max_new_tokens=5, temperature=0.8, top_k=3, seed=0).shape
     (2, 7)
+    >>> model.generate([1, 2, 3], max_new_tokens=4, seed=0).shape   # one prompt: 1-D, prompt included
+    (7,)
 
     workers: data-parallel threads for loss_and_grad (numba backend): None
     chooses like `npgpt train` (npgpt.parallel.choose_workers), 1 runs each
@@ -373,7 +369,8 @@ class GPT:
         result equals one forward + backward of the whole batch up to float
         rounding.
         """
-        grads = Gradients(self._gradient_buffer(grads), self.shapes)
+        buffer = self._gradient_buffer(grads)
+        grads = grads if isinstance(grads, Gradients) else Gradients(buffer, self.shapes)
         if rng is not None:
             rng = as_generator(rng)
         idx = self._check_idx(idx)

@@ -157,7 +157,7 @@ def test_loss_and_grad_reuses_a_buffer_and_chooses_workers_like_npgpt_train():
     expected = choose_workers(model, len(x))
     buffer = npgpt.Gradients(np.full(model.num_params, np.nan, np.float32), model.shapes)
     loss, grads = model.loss_and_grad(x, y, grads=buffer)
-    assert grads.flat is buffer.flat and np.isfinite(buffer.flat).all()  # every entry overwritten
+    assert grads is buffer and np.isfinite(buffer.flat).all()  # every entry overwritten
     assert (model._parallel.workers if model._parallel else 1) == expected
     model.workers = 1
     loss1, grads1 = model.loss_and_grad(x, y)
