@@ -236,7 +236,7 @@ def _locate(out_dir, which):
         raise UserError(f"no checkpoint at {out_dir}: not a directory")
     pointer = read_pointer(out_dir)
     if pointer is None:
-        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (train with --out {out_dir} first)")
+        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (no training run has saved a checkpoint there)")
     if which == "best":
         best = read_pointer(out_dir, BEST_POINTER)
         if best is not None and best["snapshot"] != pointer["snapshot"]:

@@ -21,6 +21,7 @@ COMMANDS = {
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
     "exercise": ("npgpt.exercises", "backprop exercises: write each layer's backward, check it with the gradcheck"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
+    "attention": ("npgpt.attention_cli", "draw every head's attention weights of a checkpoint over a text (needs matplotlib)"),
 }
 
 

@@ -538,7 +538,7 @@ class Trainer:
             self.data_rng = rng_from_state(state["rng"]["data"])
             self.dropout_rng = rng_from_state(state["rng"]["dropout"])
             self.schedule.load_state_dict(state["schedule"])
-            self.optimizer.load_state_dict(ckpt.optimizer, state["optimizer"])
+            self.optimizer.load_state_dict({**ckpt.optimizer, **state["optimizer"]})  # m, v + {"step": n}
             self.elapsed = float(state.get("elapsed", 0.0))
             self.tokens = int(state.get("tokens", self.iter * self.tokens_per_iter))
             outliers = state.get("outliers") or {}
@@ -554,7 +554,7 @@ class Trainer:
 
     def state(self):
         """The JSON training state a checkpoint stores (arrays go separately)."""
-        _, opt_scalars = self.optimizer.state_dict()
+        opt_scalars = {"step": self.optimizer.step_count}  # m and v go to optimizer.safetensors
         return {"iter": self.iter, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                 "best_checkpoint": self.best_saved,
                 "train_config": asdict(self.cfg), "optimizer": opt_scalars, "schedule": self.schedule.state_dict(),
@@ -575,7 +575,8 @@ class Trainer:
                 and (self.best_saved is None or self.last_val < self.best_saved["val_loss"]))
         if best:
             self.best_saved = {"iter": self.iter, "val_loss": self.last_val}
-        arrays, _ = self.optimizer.state_dict()
+        opt_state = self.optimizer.state_dict()
+        arrays = {"m": opt_state["m"], "v": opt_state["v"]}
         checkpoint.save(self.cfg.out, self.model, self.task.tokenizer, self.state(), arrays, best=best)
         self.saved_iter = self.iter
 

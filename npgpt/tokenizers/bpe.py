@@ -363,7 +363,7 @@ class BPETokenizer:
             if found:
                 raise SpecialTokenError(
                     f"the text contains the special token {found.group()!r} (at character {found.start()}); "
-                    f"pass allowed_special={{{found.group()!r}}} (npgpt tokenizer encode --allow-special) to encode it "
+                    f"pass allowed_special={{{found.group()!r}}} to encode it "
                     "as a special token, "
                     "or disallowed_special=() to encode it as ordinary text", found.group(), found.start())
         if not allowed:

@@ -119,12 +119,15 @@ def run_encode(args):
     else:
         blocks = _stdin_blocks()
     first = True
-    for ids in encode_stream(tok, blocks, allowed):
-        if args.tokens:
-            sys.stdout.write("".join(f"{i} {repr(tok.decode_bytes([i]))[1:]}\n" for i in ids))
-        elif ids:
-            sys.stdout.write(("" if first else " ") + " ".join(map(str, ids)))
-            first = False
+    try:
+        for ids in encode_stream(tok, blocks, allowed):
+            if args.tokens:
+                sys.stdout.write("".join(f"{i} {repr(tok.decode_bytes([i]))[1:]}\n" for i in ids))
+            elif ids:
+                sys.stdout.write(("" if first else " ") + " ".join(map(str, ids)))
+                first = False
+    except SpecialTokenError as e:  # the library's message names the Python argument; add the flag
+        raise UserError(f"{e} (on the command line: --allow-special)") from None
     if not args.tokens:
         sys.stdout.write("\n")
     return 0
