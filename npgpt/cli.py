@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("npgpt.evaluate", "loss, perplexity and bits per character of a checkpoint"),
     "bench": ("npgpt.bench", "training throughput, per-kernel time, MFU and peak memory (configs S, M, L)"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
+    "plot": ("npgpt.plot", "figures of a run (loss, lr, gradient norm, update ratios, activations) and report.html"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
 }
 
