@@ -266,3 +266,64 @@ def test_unclipped_scale_undoes_the_optimizers_clip():
     clip_by_global_norm(g, 1.0, 5.0)
     np.testing.assert_allclose(g * observe.unclipped_scale(5.0, 1.0), [3.0, 4.0])
     assert observe.unclipped_scale(0.5, 1.0) == 1.0 and observe.unclipped_scale(5.0, 0.0) == 1.0
+
+
+# ------------------------------------------------------------- TensorBoard
+def read_events(log_dir):
+    """Every (tag, step, value) scalar in the event files of log_dir: TFRecord framing, read by hand."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars, texts = [], []
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack_from("<Q", data, pos)
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])  # length, its crc, the event
+            pos += 12 + length + 4  # ... and the event's crc
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.append((value.tag, event.step, value.simple_value))
+                else:
+                    texts.append(value.tag)
+    return scalars, texts
+
+
+def test_tensorboard_logger_writes_every_kind_of_record(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from npgpt.tensorboard import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger.log({"kind": "header", "config": {"lr": 1e-3}, "git": "abc"})
+    logger.log({"kind": "step", "step": 5, "train_loss": 2.5, "lr": 1e-3, "grad_norm": 1.5, "clipped": True,
+                "ms_per_step": 10.0, "tokens_per_sec": 1000.0, "mfu": None})
+    logger.log({"iter": 5, "val_loss": 2.75, "val_perplexity": 15.6, "train_loss": 2.5})
+    logger.log({"kind": "stats", "iter": 5, "params": {"h.0.mlp.c_fc.weight": {"weight_rms": 0.02, "grad_rms": 0.5,
+                                                                                "update_ratio": -3.25},
+                                                        "h.0.ln_1.bias": {"update_ratio": None}},
+                "layers": {"h.0": {"resid_mean": 0.0, "resid_std": 1.25, "gelu_beyond_3": 0.5,
+                                   "attn_entropy": [1.5, 0.75]}}})
+    logger.log({"kind": "something new", "iter": 5})  # ignored
+    logger.close()
+    scalars, texts = read_events(tmp_path / "tb")
+    got = {(tag, step): value for tag, step, value in scalars}
+    assert got == {("train/loss", 5): 2.5, ("train/lr", 5): pytest.approx(1e-3), ("train/grad_norm", 5): 1.5,
+                   ("train/clipped", 5): 1.0, ("perf/ms_per_step", 5): 10.0, ("perf/tokens_per_sec", 5): 1000.0,
+                   ("val/loss", 5): 2.75, ("val/perplexity", 5): pytest.approx(15.6),
+                   ("update_ratio/h.0.mlp.c_fc.weight", 5): -3.25, ("weight_rms/h.0.mlp.c_fc.weight", 5): pytest.approx(0.02),
+                   ("grad_rms/h.0.mlp.c_fc.weight", 5): 0.5, ("resid_mean/h.0", 5): 0.0, ("resid_std/h.0", 5): 1.25,
+                   ("gelu_beyond_3/h.0", 5): 0.5, ("attn_entropy/h.0/head0", 5): 1.5,
+                   ("attn_entropy/h.0/head1", 5): 0.75}
+    assert texts == ["run/text_summary"]
+
+
+def test_tensorboard_without_tensorboardx_is_one_line(monkeypatch):
+    import sys
+
+    from npgpt.errors import UserError
+    from npgpt.tensorboard import TensorBoardLogger
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(UserError, match=r"^--tensorboard needs tensorboardX: pip install 'npgpt\[tensorboard\]'$"):
+        TensorBoardLogger("unused")
