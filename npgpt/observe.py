@@ -30,8 +30,9 @@ memory.  What a cache holds, and so what each statistic costs:
   - GELU inputs: both backends cache them (the kernel's includes c_fc's bias);
   - attention probabilities: the reference caches them (B, nh, T, T); the
     flash kernel keeps only one log-sum-exp per query, so the probabilities
-    are recomputed from the cached qkv, one batch row (nh, T, T) at a time:
-    one extra q k^T product per layer on a stats step.
+    are recomputed from the cached qkv, a few batch rows (b, nh, T, T) at a
+    time (16 MB of scratch at most): one extra q k^T product per layer on a
+    stats step.
 
     recorder = StatsRecorder(model)
     recorder.begin()                       # before the step: snapshot the weights, watch the forwards
@@ -98,6 +99,7 @@ def unclipped_scale(grad_norm, grad_clip):
 
 
 # ------------------------------------------------------------------ activations
+ENTROPY_CHUNK = 1 << 21  # float64 scores recomputed at once for the flash kernel's entropy: 16 MB
 
 
 class RunningMoments:
@@ -169,8 +171,8 @@ def attention_entropy_sums(model, attn_cache):
     Entropy of query t's distribution p over keys 0..t: H = -sum_j p_j log p_j.
     Reference cache (q, k, v, probs, scale): probs (B, nh, T, T) are at hand.
     Flash cache (qkv, out, lse, n_head, scale): p_j = exp(s_j - lse_t) with
-    s = q k^T * scale, so H = lse_t - sum_j p_j s_j; recomputed one batch row
-    (nh, T, T) at a time.
+    s = q k^T * scale, so H = lse_t - sum_j p_j s_j; recomputed a few batch
+    rows (b, nh, T, T) at a time.
     """
     if model.config.backend != "numba":
         probs = attn_cache[3]  # (B, nh, T, T), exactly 0 above the diagonal
@@ -183,16 +185,19 @@ def attention_entropy_sums(model, attn_cache):
     C = C3 // 3
     hs = C // n_head
     future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T) keys a query may not see
+    rows = max(1, ENTROPY_CHUNK // (n_head * T * T))  # batch rows per chunk: bounded scratch
     sums = np.zeros(n_head)
-    for b in range(B):
-        q = qkv[b, :, :C].reshape(T, n_head, hs).transpose(1, 0, 2).astype(np.float64)  # (nh, T, hs)
-        k = qkv[b, :, C:2 * C].reshape(T, n_head, hs).transpose(1, 0, 2).astype(np.float64)
-        s = (q @ k.transpose(0, 2, 1)) * float(scale)  # (nh, T, T) scores
-        lse_b = lse[b].astype(np.float64)[:, :, None]  # (nh, T, 1)
-        s[:, future] = 0.0
+    for b0 in range(0, B, rows):
+        chunk = qkv[b0:b0 + rows].astype(np.float64)  # (b, T, 3C)
+        b = chunk.shape[0]
+        q = chunk[:, :, :C].reshape(b, T, n_head, hs).transpose(0, 2, 1, 3)  # (b, nh, T, hs)
+        k = chunk[:, :, C:2 * C].reshape(b, T, n_head, hs).transpose(0, 2, 3, 1)  # (b, nh, hs, T)
+        s = (q @ k) * float(scale)  # (b, nh, T, T) scores
+        s[..., future] = 0.0
+        lse_b = lse[b0:b0 + rows].astype(np.float64)[..., None]  # (b, nh, T, 1)
         p = np.exp(np.minimum(s - lse_b, 0.0))  # <= 1; the min guards against rounding above lse
-        p[:, future] = 0.0
-        sums += (lse_b[:, :, 0] - (p * s).sum(axis=-1)).sum(axis=-1)
+        p[..., future] = 0.0
+        sums += (lse_b[..., 0] - (p * s).sum(axis=-1)).sum(axis=(0, 2))
     return sums, B * T
 
 
