@@ -28,7 +28,7 @@ import io
 import math
 import os
 import re
-import tempfile
+import threading
 
 from . import safeload
 from .errors import UserError
@@ -126,7 +126,7 @@ def tokens_per_step(run):
     if all(sizes):
         return sizes[0] * sizes[1] * (_number(config.get("grad_accum")) or 1.0)
     for r in run["steps"]:
-        tokens = _number(r.get("tokens"))
+        tokens = _number(_first(r, "tokens", "tokens_seen"))
         if tokens and r["step"] > 0:
             return tokens / r["step"]
     return None
@@ -297,9 +297,15 @@ def _activation_figure(stats):
 
 # ------------------------------------------------------------------ files
 def _atomic_write(path, data):
-    """Write bytes so that a reader (a browser refreshing the report) never sees half a file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", dir=directory)
+    """Write bytes so that a reader (a browser refreshing the report) never sees half a file.
+
+    The temporary file is opened with mode 0666 so the umask decides, as for
+    any file the user creates (mkstemp's 0600 would hide the report from
+    other users).
+    """
+    tmp = os.path.join(os.path.dirname(path) or ".",
+                       f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

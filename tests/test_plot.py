@@ -184,3 +184,17 @@ def test_a_real_tiny_run_with_statistics(tmp_path):
     entropy = {ax.get_title(): ax for ax in figures["activations"].axes}["attention entropy"]
     for y in lines_by_label(entropy)["layer 0"].get_ydata():
         assert 0 < y < math.log(16)  # between one-hot and uniform over the longest context
+
+
+def test_written_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    out = write_run(tmp_path / "out", [r for r in synthetic_records() if "kind" not in r])
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            written = plot.refresh(str(out))
+        finally:
+            os.umask(old)
+        assert {oct(os.stat(p).st_mode & 0o777) for p in written} == {oct(mode)}
+    assert sorted(os.listdir(out)) == ["metrics.jsonl", "plots", "report.html"]  # no temporary left behind
