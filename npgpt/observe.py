@@ -131,6 +131,17 @@ class RunningMoments:
         return math.sqrt(self.m2 / self.n) if self.n else None
 
 
+def check_cache_layout(model, caches):
+    """Refuse a forward cache that is not GPT._hidden's layout, rather than misread it.
+
+    [embedding, dropout, one 10-tuple per block, ln_f, head, cross-entropy]
+    """
+    n_layer = model.config.n_layer
+    if len(caches) != n_layer + 5 or any(len(block) != 10 for block in caches[2:2 + n_layer]):
+        raise ValueError(f"npgpt.observe reads GPT's forward cache: [embedding, dropout, {n_layer} blocks of 10 "
+                         f"caches, ln_f, head, loss]; got {len(caches)} entries (did the model's layout change?)")
+
+
 def residual_streams(model, caches):
     """The residual stream leaving each block, from a forward's cache -> n_layer arrays (B, T, C).
 
@@ -214,6 +225,7 @@ class ActivationStats:
 
     def add_forward(self, model, caches):
         """Add one forward's statistics (call before its backward: the Numba backward empties the cache)."""
+        check_cache_layout(model, caches)
         streams = residual_streams(model, caches)
         gelus = gelu_inputs(model, caches)
         n_layer = model.config.n_layer

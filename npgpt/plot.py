@@ -115,7 +115,10 @@ def load_run(out_dir):
             elif kind in (None, "eval") and "val_loss" in record and _number(record.get("iter")) is not None:
                 run["evals"].append(record)
     for key, step_key in (("steps", "step"), ("evals", "iter"), ("stats", "iter")):
-        run[key].sort(key=lambda r: r[step_key])
+        # one record per step, the last one written: a run resumed from an earlier checkpoint
+        # repeats the steps after it, and the repeat is what the model went on from
+        latest = {r[step_key]: r for r in run[key]}
+        run[key] = [latest[step] for step in sorted(latest)]
     return run
 
 

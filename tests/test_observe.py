@@ -80,7 +80,8 @@ def assert_same_activation_stats(got, want, rtol):
     assert got.keys() == want.keys()
     for layer in want:
         for key in ("resid_mean", "resid_std", "gelu_beyond_3"):
-            np.testing.assert_allclose(got[layer][key], want[layer][key], rtol=rtol, atol=rtol, err_msg=f"{layer} {key}")
+            np.testing.assert_allclose(got[layer][key], want[layer][key], rtol=rtol, atol=rtol,
+                                       err_msg=f"{layer} {key}")
         np.testing.assert_allclose(got[layer]["attn_entropy"], want[layer]["attn_entropy"], rtol=rtol,
                                    err_msg=f"{layer} attn_entropy")
 
@@ -311,7 +312,8 @@ def test_tensorboard_logger_writes_every_kind_of_record(tmp_path):
     assert got == {("train/loss", 5): 2.5, ("train/lr", 5): pytest.approx(1e-3), ("train/grad_norm", 5): 1.5,
                    ("train/clipped", 5): 1.0, ("perf/ms_per_step", 5): 10.0, ("perf/tokens_per_sec", 5): 1000.0,
                    ("val/loss", 5): 2.75, ("val/perplexity", 5): pytest.approx(15.6),
-                   ("update_ratio/h.0.mlp.c_fc.weight", 5): -3.25, ("weight_rms/h.0.mlp.c_fc.weight", 5): pytest.approx(0.02),
+                   ("update_ratio/h.0.mlp.c_fc.weight", 5): -3.25,
+                   ("weight_rms/h.0.mlp.c_fc.weight", 5): pytest.approx(0.02),
                    ("grad_rms/h.0.mlp.c_fc.weight", 5): 0.5, ("resid_mean/h.0", 5): 0.0, ("resid_std/h.0", 5): 1.25,
                    ("gelu_beyond_3/h.0", 5): 0.5, ("attn_entropy/h.0/head0", 5): 1.5,
                    ("attn_entropy/h.0/head1", 5): 0.75}
@@ -327,3 +329,11 @@ def test_tensorboard_without_tensorboardx_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(UserError, match=r"^--tensorboard needs tensorboardX: pip install 'npgpt\[tensorboard\]'$"):
         TensorBoardLogger("unused")
+
+
+def test_a_cache_of_another_layout_is_refused():
+    model = make_model("numpy")
+    idx, targets = batch()
+    _, cache = model.forward(idx, targets)
+    with pytest.raises(ValueError, match="forward cache"):
+        observe.activation_stats(model, cache[:-1])

@@ -198,3 +198,11 @@ def test_written_files_are_readable_by_others_as_the_umask_allows(tmp_path):
             os.umask(old)
         assert {oct(os.stat(p).st_mode & 0o777) for p in written} == {oct(mode)}
     assert sorted(os.listdir(out)) == ["metrics.jsonl", "plots", "report.html"]  # no temporary left behind
+
+
+def test_a_repeated_step_keeps_its_last_record(tmp_path):
+    """A run resumed from an earlier checkpoint logs its steps again: the plot shows the repeat only."""
+    records = [r for r in synthetic_records() if "kind" not in r]
+    records.append({**records[1], "val_loss": 1.0})  # step 20 again, after a resume
+    evals = plot.load_run(str(write_run(tmp_path / "out", records)))["evals"]
+    assert [r["iter"] for r in evals] == [10, 20, 30, 40] and evals[1]["val_loss"] == 1.0
