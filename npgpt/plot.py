@@ -18,8 +18,9 @@ line, and sorts each record by its "kind":
 Any kind may be missing: a figure whose records are absent is not drawn,
 and a run with eval records only still gets its loss, lr and gradient norm.
 Records of unknown kinds are ignored.  matplotlib is an optional extra
-(`pip install 'npgpt[plot]'`); `npgpt train --plot` calls `refresh(out)`
-after each evaluation.
+(`pip install 'npgpt[plot]'`).  `npgpt train --plot` refreshes the
+figures after evaluations through `Refresher` (in the background, at most
+every 30 s); `refresh(out)` does it at once.
 """
 import base64
 import glob
@@ -29,6 +30,7 @@ import math
 import os
 import re
 import threading
+import time
 
 from . import safeload
 from .errors import UserError
@@ -382,6 +384,56 @@ def refresh(out_dir):
     _atomic_write(report, report_html(run, images).encode("utf-8"))
     written.append(report)
     return written
+
+
+class Refresher:
+    """`npgpt train --plot`: refresh OUT's figures after evaluations without holding the training up.
+
+    Drawing the five figures takes seconds of CPU (most of it matplotlib's
+    text layout), as long as a few hundred training steps of config S.  So
+    request() starts a refresh in a background thread only when none is
+    running and min_interval seconds have passed since the last one began;
+    otherwise it notes that the figures are stale.  close() waits for a
+    running refresh and draws the final figures if any request is pending.
+
+        plotter = Refresher(cfg.out)     # raises the install hint at once if matplotlib is missing
+        plotter.request()                # after each evaluation
+        plotter.close()                  # at the end of training
+    """
+
+    def __init__(self, out_dir, min_interval=30.0):
+        require_matplotlib()
+        self.out_dir, self.min_interval = out_dir, float(min_interval)
+        self.error = None  # the last background refresh's failure, as one line
+        self._thread = None
+        self._started = -math.inf
+        self._pending = False
+
+    def request(self):
+        now = time.monotonic()
+        if (self._thread is not None and self._thread.is_alive()) or now - self._started < self.min_interval:
+            self._pending = True
+            return False
+        self._pending = False
+        self._started = now
+        self._thread = threading.Thread(target=self._run, name="npgpt-plot", daemon=True)
+        self._thread.start()
+        return True
+
+    def _run(self):
+        try:
+            refresh(self.out_dir)
+        except Exception as e:  # a figure must never stop a training run
+            self.error = f"npgpt plot: {e}"
+
+    def close(self):
+        """Wait for a running refresh; draw the last figures if a request is pending -> paths or None."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._pending:
+            self._pending = False
+            return refresh(self.out_dir)
+        return None
 
 
 # ------------------------------------------------------------------ the command

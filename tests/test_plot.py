@@ -206,3 +206,21 @@ def test_a_repeated_step_keeps_its_last_record(tmp_path):
     records.append({**records[1], "val_loss": 1.0})  # step 20 again, after a resume
     evals = plot.load_run(str(write_run(tmp_path / "out", records)))["evals"]
     assert [r["iter"] for r in evals] == [10, 20, 30, 40] and evals[1]["val_loss"] == 1.0
+
+
+def test_refresher_draws_in_the_background_and_at_most_every_interval(tmp_path):
+    out = write_run(tmp_path / "out", [r for r in synthetic_records() if "kind" not in r])
+    plotter = plot.Refresher(str(out), min_interval=3600)
+    assert plotter.request() is True  # the first request starts a refresh
+    assert plotter.request() is False  # the next ones, within the interval, only mark the figures stale
+    plotter._thread.join()
+    assert (out / "report.html").exists() and plotter.error is None
+    (out / "report.html").unlink()
+    assert plotter.close() is not None  # the pending request: the final figures are drawn
+    assert (out / "report.html").exists()
+    assert plotter.close() is None  # nothing pending any more
+
+    broken = plot.Refresher(str(tmp_path / "gone"), min_interval=0)
+    broken.request()
+    broken._thread.join()
+    assert broken.error.startswith("npgpt plot: ") and "no such run directory" in broken.error
