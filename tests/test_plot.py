@@ -224,3 +224,18 @@ def test_refresher_draws_in_the_background_and_at_most_every_interval(tmp_path):
     broken.request()
     broken._thread.join()
     assert broken.error.startswith("npgpt plot: ") and "no such run directory" in broken.error
+
+
+def test_npgpt_plot_on_a_real_npgpt_train_run(tmp_path, capsys):
+    """Whatever npgpt train writes to metrics.jsonl today, npgpt plot draws it."""
+    from training_helpers import train, write_corpus
+
+    out = tmp_path / "out"
+    assert train("--data", write_corpus(tmp_path), "--out", out, "--max-iters", "10") == 0
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0
+    written = capsys.readouterr().out.split()
+    assert str(out / "plots" / "loss.png") in written and str(out / "report.html") in written
+    run = plot.load_run(str(out))
+    val = lines_by_label(plot.build_figures(run)["loss"].axes[0])["val"]
+    assert list(val.get_xdata()) == [r["iter"] for r in run["evals"]] and len(run["evals"]) >= 2
