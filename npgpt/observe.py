@@ -114,16 +114,23 @@ class RunningMoments:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, a):
-        n_b = a.size
-        if n_b == 0:
+        """Add every element of the array a."""
+        if a.size == 0:
             return
         a = a.astype(np.float64)  # a transient copy, on a stats step only
-        mean_b = float(a.mean())
-        m2_b = float(np.square(a - mean_b).sum())
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        chunk = RunningMoments()
+        chunk.n, chunk.mean = a.size, float(a.mean())
+        chunk.m2 = float(np.square(a - chunk.mean).sum())
+        self.merge(chunk)
+
+    def merge(self, other):
+        """Add another RunningMoments' elements."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
         self.n = n
 
     @property
@@ -153,8 +160,7 @@ def residual_streams(model, caches):
     n_layer = model.config.n_layer
     blocks = caches[2:2 + n_layer]
     if model.config.backend == "numba":  # layer-norm cache: (x (N, C), mean, rstd, w, has_bias)
-        ln_inputs = [blocks[i][0][0] for i in range(1, n_layer)] + [caches[2 + n_layer][0]]
-        return ln_inputs
+        return [blocks[i][0][0] for i in range(1, n_layer)] + [caches[2 + n_layer][0]]
     P, ops = model.params, model.ops
     idx = caches[0][0]
     x = P["wte.weight"][idx] + P["wpe.weight"][: idx.shape[1]]  # (B, T, C), the embedding's sum
@@ -238,21 +244,11 @@ class ActivationStats:
             part.append((moments, gelus[i].size, beyond, sums, rows))
         with self._lock:
             for i, (moments, total, beyond, sums, rows) in enumerate(part):
-                self._merge(self.resid[i], moments)
+                self.resid[i].merge(moments)
                 self.gelu_total[i] += total
                 self.gelu_beyond[i] += beyond
                 self.entropy_sum[i] += sums
                 self.entropy_rows[i] += rows
-
-    @staticmethod
-    def _merge(into, other):
-        if other.n == 0:
-            return
-        n = into.n + other.n
-        delta = other.mean - into.mean
-        into.mean += delta * other.n / n
-        into.m2 += other.m2 + delta * delta * into.n * other.n / n
-        into.n = n
 
     def summary(self):
         """-> {"h.i": {"resid_mean", "resid_std", "gelu_beyond_3", "attn_entropy": [per head]}}."""
