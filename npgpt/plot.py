@@ -85,6 +85,11 @@ def _number(value):
     return float(value) if math.isfinite(value) else None
 
 
+def _dict(value):
+    """value if it is a JSON object, else an empty one: a malformed part of a record draws nothing."""
+    return value if isinstance(value, dict) else {}
+
+
 def _first(record, *keys):
     for key in keys:
         if key in record:
@@ -126,7 +131,7 @@ def load_run(out_dir):
 
 def tokens_per_step(run):
     """Tokens per optimizer step, from the header's config or the step records; None if unknown."""
-    config = (run["header"] or {}).get("config") or {}
+    config = _dict(_dict(run["header"]).get("config"))
     sizes = [_number(config.get(k)) for k in ("batch_size", "block_size")]
     if all(sizes):
         return sizes[0] * sizes[1] * (_number(config.get("grad_accum")) or 1.0)
@@ -205,7 +210,7 @@ def _grad_norm_figure(run, records, x_key):
     ax = fig.add_subplot()
     xs, ys = _series(records, x_key, "grad_norm")
     ax.plot(xs, ys, label="gradient norm (before clipping)", color="tab:purple")
-    clip = _number(((run["header"] or {}).get("config") or {}).get("grad_clip"))
+    clip = _number(_dict(_dict(run["header"]).get("config")).get("grad_clip"))
     clipped = []
     for r in records:
         x, y = _number(r.get(x_key)), _number(r.get("grad_norm"))
@@ -236,7 +241,7 @@ def _update_ratio_figure(stats):
     """One panel per kind of weight matrix, one line per layer, and the -3 reference line."""
     from matplotlib.figure import Figure
 
-    names = sorted({n for r in stats for n in (r.get("params") or {})}, key=lambda n: (_layer_of(n)[0] or -1, n))
+    names = sorted({n for r in stats for n in _dict(r.get("params"))}, key=lambda n: (_layer_of(n)[0] or -1, n))
     panels = [(kind, [n for n in names if _layer_of(n)[1] == kind]) for kind in MATRIX_KINDS]
     panels.append(("embeddings", [n for n in names if n in ("wte.weight", "wpe.weight")]))
     panels = [(title, members) for title, members in panels if members]
@@ -246,7 +251,7 @@ def _update_ratio_figure(stats):
         for n in members:
             xs, ys = [], []
             for r in stats:
-                y = _number(((r.get("params") or {}).get(n) or {}).get("update_ratio"))
+                y = _number(_dict(_dict(r.get("params")).get(n)).get("update_ratio"))
                 if y is not None:
                     xs.append(r["iter"])
                     ys.append(y)
@@ -266,7 +271,7 @@ def _activation_figure(stats):
     """Residual-stream mean and std, GELU saturation, attention entropy: one line per layer each."""
     from matplotlib.figure import Figure
 
-    layers = sorted({n for r in stats for n in (r.get("layers") or {})}, key=lambda n: _layer_of(n + ".x")[0] or 0)
+    layers = sorted({n for r in stats for n in _dict(r.get("layers"))}, key=lambda n: _layer_of(n + ".x")[0] or 0)
     fig = Figure(figsize=(11, 6.4), layout="constrained")
     panels = [("resid_mean", "residual stream mean", "mean"), ("resid_std", "residual stream std", "std"),
               ("gelu_beyond_3", "GELU inputs beyond ±3", "% of inputs"),
@@ -276,7 +281,7 @@ def _activation_figure(stats):
         for layer in layers:
             xs, ys, lows = [], [], []
             for r in stats:
-                value = ((r.get("layers") or {}).get(layer) or {}).get(key)
+                value = _dict(_dict(r.get("layers")).get(layer)).get(key)
                 if key == "attn_entropy":
                     heads = [h for h in (value or []) if _number(h) is not None] if isinstance(value, list) else []
                     if heads:
@@ -329,7 +334,7 @@ def png_bytes(fig, dpi=100):
 
 def report_html(run, images):
     """The run's settings and its figures (PNG bytes, embedded as base64): one self-contained page."""
-    header = run["header"] or {}
+    header = _dict(run["header"])
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>npgpt run report</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}img{max-width:100%}</style>",

@@ -136,6 +136,20 @@ def test_a_record_being_written_is_skipped_and_a_corrupt_one_named(tmp_path, cap
     assert err.count("\n") == 0 and err.startswith("npgpt: error: ") and "metrics.jsonl line 4" in err
 
 
+def test_malformed_parts_of_records_draw_nothing_instead_of_failing(tmp_path):
+    records = synthetic_records()
+    records[0]["config"] = ["not", "a", "table"]
+    stats = [r for r in records if r.get("kind") == "stats"]
+    stats[0]["params"] = "nonsense"
+    stats[1]["params"]["h.0.mlp.c_fc.weight"] = 7
+    stats[1]["layers"]["h.0"] = None
+    out = write_run(tmp_path / "out", records)
+    figures = plot.build_figures(plot.load_run(str(out)))
+    fc = lines_by_label({ax.get_title(): ax for ax in figures["update_ratio"].axes}["mlp.c_fc.weight"])
+    assert list(fc["layer 0"].get_xdata()) == [] and list(fc["layer 1"].get_xdata()) == [40]
+    assert plot.refresh(str(out))[-1].endswith("report.html")
+
+
 def test_missing_run_is_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == f"npgpt: error: {tmp_path / 'nowhere'}: no such run directory"
