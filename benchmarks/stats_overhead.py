@@ -81,7 +81,8 @@ def main():
           f"ratio on/off {rate['on'] / rate['off']:.4f} ({100 * (1 - rate['on'] / rate['off']):+.2f}% lost)")
     extra_ms = 1000 * statistics.median(stats_steps) - plain_step_ms
     print(f"a stats step: median {1000 * statistics.median(stats_steps):.1f} ms vs a plain step "
-          f"{plain_step_ms:.1f} ms (mean): {extra_ms:+.1f} ms, i.e. {100 * extra_ms / (args.interval * plain_step_ms):.2f}% "
+          f"{plain_step_ms:.1f} ms (mean): {extra_ms:+.1f} ms, "
+          f"i.e. {100 * extra_ms / (args.interval * plain_step_ms):.2f}% "
           f"of {args.interval} steps (less sensitive to a busy machine than the ratio); per-block ratios on/off: "
           + ", ".join(f"{off / on:.3f}" for off, on in zip(times["off"], times["on"])))
 
