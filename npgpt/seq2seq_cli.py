@@ -84,13 +84,21 @@ def teacher_forced(model, encoded, batch_size=64):
 
 
 def evaluate_pairs(model, tokenizer, encoded, beam=1, length_penalty=0.6):
-    """{"val_loss", "token_accuracy", "exact_match", "bleu"} of a model on encoded pairs."""
+    """{"val_loss", "token_accuracy", "exact_match", "bleu", "bleu_unit"} of a model on encoded pairs.
+
+    BLEU counts whitespace-separated words; when no reference holds two
+    words (the synthetic tasks, single words), it counts characters instead.
+    """
     loss, token_acc = teacher_forced(model, encoded)
     decoded = decode_all(model, encoded, beam, length_penalty)
     hyps = [tokenizer.target.decode(ids) for ids in decoded]
     refs = [tokenizer.target.decode(t) for _, t in encoded]
     exact = float(np.mean([list(d) == list(t) for d, (_, t) in zip(decoded, encoded)]))
-    return {"val_loss": loss, "token_accuracy": token_acc, "exact_match": exact, "bleu": corpus_bleu(hyps, refs)}
+    unit = "words" if any(" " in r.strip() for r in refs) else "characters"
+    if unit == "characters":  # no reference has two words (a synthetic task): BLEU of the characters
+        hyps, refs = [" ".join(h) for h in hyps], [" ".join(r) for r in refs]
+    return {"val_loss": loss, "token_accuracy": token_acc, "exact_match": exact, "bleu": corpus_bleu(hyps, refs),
+            "bleu_unit": unit}
 
 
 # ------------------------------------------------------------------ the task
@@ -368,7 +376,7 @@ def run(args):
     encoded, _ = data.encode_pairs(pairs, tokenizer, model.config.block_size, where=where)
     metrics = evaluate_pairs(model, tokenizer, encoded, args.beam, args.length_penalty)
     print(f"{where}: exact match {100 * metrics['exact_match']:.2f}% | token accuracy "
-          f"{100 * metrics['token_accuracy']:.2f}% | BLEU {metrics['bleu']:.2f} | loss {metrics['val_loss']:.4f} "
+          f"{100 * metrics['token_accuracy']:.2f}% | BLEU {metrics['bleu']:.2f} ({metrics['bleu_unit']}) | loss {metrics['val_loss']:.4f} "
           f"({len(encoded)} pairs, {'greedy' if args.beam == 1 else f'beam {args.beam}'})")
     return 0
 

@@ -220,17 +220,18 @@ def encode_pairs(pairs, tokenizer, block_size, skip_long=False, where="data"):
     or dropped with skip_long.
     """
     encoded, dropped = [], 0
-    for n, (source, target) in enumerate(pairs, start=1):
+    for source, target in pairs:
         try:
             s, t = tokenizer.source.encode(source), tokenizer.target.encode(target)
         except ValueError as e:
-            raise UserError(f"{where}: pair {n} cannot be encoded: {e}") from None
+            raise UserError(f"{where}: the pair {source[:30]!r} -> {target[:30]!r} cannot be encoded: {e}") from None
         need = max(len(s), len(t) + 1)
         if need > block_size:
             if skip_long:
                 dropped += 1
                 continue
-            raise UserError(f"{where}: pair {n} needs {need} positions (source {len(s)} tokens, target "
+            shown = source if len(source) <= 30 else source[:30] + "..."
+            raise UserError(f"{where}: the pair with source {shown!r} needs {need} positions (source {len(s)} tokens, target "
                             f"{len(t)} + 1), more than block_size {block_size}; raise --block-size to {need} "
                             f"or pass --skip-long to drop such pairs")
         encoded.append((s, t))
