@@ -216,3 +216,153 @@ def test_optimizer_clipping_and_checkpoint_work_unchanged(tmp_path):
     assert loaded.config == model.config and snapshot
     np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
     assert loaded_tok.to_dict() == tok.to_dict()
+
+
+# ------------------------------------------------------------------ torch parity
+def torch_twin(model):
+    """A torch.nn.Transformer holding model's weights (float64), and a loss function of the batch.
+
+    nn.Transformer has no embeddings or output layer, so those are written
+    here as npgpt has them (sqrt(C) * wte[idx] + positions; logits = h @ wte^T).
+    It always builds a final encoder and decoder LayerNorm: npgpt's pre-LN
+    model has them too (encoder.ln_f, decoder.ln_f); npgpt's post-LN model,
+    like the paper, has none, so they are removed (set to None) for norm_first=False.
+    GELU: npgpt's tanh approximation, passed to torch as its activation.
+    """
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    cfg, P = model.config, model.params
+    activation = "relu" if cfg.activation == "relu" else (lambda x: F.gelu(x, approximate="tanh"))
+    net = torch.nn.Transformer(d_model=cfg.n_embd, nhead=cfg.n_head, num_encoder_layers=cfg.n_encoder_layer,
+                               num_decoder_layers=cfg.n_decoder_layer, dim_feedforward=cfg.ff_width, dropout=0.0,
+                               activation=activation, batch_first=True, norm_first=cfg.norm == "pre",
+                               dtype=torch.float64)
+    if cfg.norm == "post":
+        net.encoder.norm = None
+        net.decoder.norm = None
+
+    def put(param, array):  # weights are (in, out) in npgpt, (out, in) in torch
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def norm(module, prefix):
+        put(module.weight, P[prefix + ".weight"])
+        put(module.bias, P[prefix + ".bias"])
+
+    def linear(module, prefix):
+        put(module.weight, P[prefix + ".weight"].T)
+        put(module.bias, P[prefix + ".bias"])
+
+    def mlp(layer, prefix):
+        linear(layer.linear1, prefix + "mlp.c_fc")
+        linear(layer.linear2, prefix + "mlp.c_proj")
+
+    for i, layer in enumerate(net.encoder.layers):
+        pre = f"encoder.h.{i}."
+        put(layer.self_attn.in_proj_weight, P[pre + "attn.c_attn.weight"].T)
+        put(layer.self_attn.in_proj_bias, P[pre + "attn.c_attn.bias"])
+        linear(layer.self_attn.out_proj, pre + "attn.c_proj")
+        norm(layer.norm1, pre + "ln_1")
+        norm(layer.norm2, pre + "ln_2")
+        mlp(layer, pre)
+    for i, layer in enumerate(net.decoder.layers):
+        pre = f"decoder.h.{i}."
+        put(layer.self_attn.in_proj_weight, P[pre + "attn.c_attn.weight"].T)
+        put(layer.self_attn.in_proj_bias, P[pre + "attn.c_attn.bias"])
+        linear(layer.self_attn.out_proj, pre + "attn.c_proj")
+        put(layer.multihead_attn.in_proj_weight,
+            np.concatenate([P[pre + "cross.c_q.weight"], P[pre + "cross.c_kv.weight"]], axis=1).T)
+        put(layer.multihead_attn.in_proj_bias, np.concatenate([P[pre + "cross.c_q.bias"], P[pre + "cross.c_kv.bias"]]))
+        linear(layer.multihead_attn.out_proj, pre + "cross.c_proj")
+        for k in (1, 2, 3):
+            norm(getattr(layer, f"norm{k}"), pre + f"ln_{k}")
+        mlp(layer, pre)
+    if cfg.norm == "pre":
+        norm(net.encoder.norm, "encoder.ln_f")
+        norm(net.decoder.norm, "decoder.ln_f")
+    tables = {name: torch.tensor(P[name], requires_grad=True) for name in P if "wte" in name or "wpe" in name}
+
+    def loss_of(src, tgt_in, targets):
+        src_t, tgt_t = torch.from_numpy(src), torch.from_numpy(tgt_in)
+        scale = cfg.n_embd ** 0.5
+
+        def embed(idx, side, wte_name):
+            T = idx.shape[1]
+            positions = (torch.from_numpy(model.sinusoid[:T]) if cfg.positions == "sinusoidal"
+                         else tables[side + ".wpe.weight"][:T])
+            return tables[wte_name][idx] * scale + positions
+
+        padding = src_t == cfg.pad_id
+        causal = torch.triu(torch.ones(tgt_in.shape[1], tgt_in.shape[1], dtype=torch.bool), 1)
+        h = net(embed(src_t, "encoder", model.src_wte), embed(tgt_t, "decoder", model.tgt_wte), tgt_mask=causal,
+                src_key_padding_mask=padding, memory_key_padding_mask=padding, tgt_is_causal=True)
+        logits = h @ tables[model.tgt_wte].T
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(targets).reshape(-1),
+                               ignore_index=cfg.pad_id, label_smoothing=cfg.label_smoothing)
+
+    def grads():
+        out = {name: t.grad.numpy() for name, t in tables.items()}
+        for tname, t in net.named_parameters():
+            out["torch:" + tname] = t.grad.numpy()
+        return out
+
+    return net, loss_of, grads
+
+
+def torch_grad_in_npgpt_layout(model, tg):
+    """{npgpt name: gradient} read out of torch's parameter gradients."""
+    cfg = model.config
+    out = {name: g for name, g in tg.items() if not name.startswith("torch:")}
+    t = {name[6:]: g for name, g in tg.items() if name.startswith("torch:")}
+    C = cfg.n_embd
+    for side, n in (("encoder", cfg.n_encoder_layer), ("decoder", cfg.n_decoder_layer)):
+        for i in range(n):
+            pre, tp = f"{side}.h.{i}.", f"{side}.layers.{i}."
+            out[pre + "attn.c_attn.weight"] = t[tp + "self_attn.in_proj_weight"].T
+            out[pre + "attn.c_attn.bias"] = t[tp + "self_attn.in_proj_bias"]
+            out[pre + "attn.c_proj.weight"] = t[tp + "self_attn.out_proj.weight"].T
+            out[pre + "attn.c_proj.bias"] = t[tp + "self_attn.out_proj.bias"]
+            out[pre + "mlp.c_fc.weight"] = t[tp + "linear1.weight"].T
+            out[pre + "mlp.c_fc.bias"] = t[tp + "linear1.bias"]
+            out[pre + "mlp.c_proj.weight"] = t[tp + "linear2.weight"].T
+            out[pre + "mlp.c_proj.bias"] = t[tp + "linear2.bias"]
+            for k in (1, 2, 3) if side == "decoder" else (1, 2):
+                out[pre + f"ln_{k}.weight"] = t[tp + f"norm{k}.weight"]
+                out[pre + f"ln_{k}.bias"] = t[tp + f"norm{k}.bias"]
+            if side == "decoder":
+                w, b = t[tp + "multihead_attn.in_proj_weight"].T, t[tp + "multihead_attn.in_proj_bias"]
+                out[pre + "cross.c_q.weight"], out[pre + "cross.c_kv.weight"] = w[:, :C], w[:, C:]
+                out[pre + "cross.c_q.bias"], out[pre + "cross.c_kv.bias"] = b[:C], b[C:]
+                out[pre + "cross.c_proj.weight"] = t[tp + "multihead_attn.out_proj.weight"].T
+                out[pre + "cross.c_proj.bias"] = t[tp + "multihead_attn.out_proj.bias"]
+        if cfg.norm == "pre":
+            out[side + ".ln_f.weight"] = t[side + ".norm.weight"]
+            out[side + ".ln_f.bias"] = t[side + ".norm.bias"]
+    return out
+
+
+PARITY_CASES = [("numpy", norm_first, variant) for norm_first in (True, False)
+                for variant in ("relu-sinusoidal-separate", "gelu-learned-shared")]
+PARITY_CASES += [("numba", norm_first, "relu-sinusoidal-separate") for norm_first in (True, False)]
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("backend, norm_first, variant", PARITY_CASES)
+def test_torch_transformer_parity(backend, norm_first, variant):
+    """Loss and every gradient equal torch.nn.Transformer's with copied weights, float64, <= 1e-10."""
+    activation, positions, sharing = variant.split("-")
+    cfg = tiny_config(norm="pre" if norm_first else "post", activation=activation, positions=positions,
+                      share_embeddings=sharing == "shared", src_vocab_size=0 if sharing == "shared" else 9,
+                      label_smoothing=0.1, n_encoder_layer=2, n_decoder_layer=2, backend=backend)
+    model = perturbed_model(cfg, seed=3, std=0.3)
+    net, loss_of, torch_grads = torch_twin(model)
+    src = np.array([[3, 4, 5, 6, 5], [4, 3, 0, 0, 0]])
+    loss, cache = model.forward(src, TGT_IN, TARGETS)
+    grads = model.backward(cache)
+    t_loss = loss_of(src, TGT_IN, TARGETS)
+    t_loss.backward()
+    assert abs(loss - t_loss.item()) <= 1e-10
+    theirs = torch_grad_in_npgpt_layout(model, torch_grads())
+    assert set(theirs) == set(grads)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, theirs[name], rtol=0, atol=1e-10, err_msg=name)
