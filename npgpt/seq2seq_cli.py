@@ -400,6 +400,12 @@ def _check_train_args(args):
                  "eval_interval", "min_len", "max_len", "n_symbols", "digits", "val_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if args.warmup_iters < 0 or args.seed < 0:
+        raise UserError("--warmup-iters and --seed must be >= 0")
+    if args.vocab_size is not None and args.tokenizer != "bpe":
+        raise UserError("--vocab-size applies to --tokenizer bpe only")
     if args.min_len > args.max_len:
         raise UserError(f"--min-len {args.min_len} is above --max-len {args.max_len}")
     if args.n_symbols > len(data.SYMBOLS):
