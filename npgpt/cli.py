@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("npgpt.evaluate", "loss, perplexity and bits per character of a checkpoint"),
     "bench": ("npgpt.bench", "training throughput, per-kernel time, MFU and peak memory (configs S, M, L)"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
+    "exercise": ("npgpt.exercises", "backprop exercises: write each layer's backward, check it with the gradcheck"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
     "seq2seq": ("npgpt.seq2seq_cli", "encoder-decoder Transformer: train on pairs or a synthetic task, translate, eval"),
 }
