@@ -174,6 +174,42 @@ def backend_ops(name):
                            embedding=mods.embedding, cross_entropy=mods.cross_entropy)
 
 
+# ------------------------------------------------------------------ residual sub-layers, pre or post norm
+# Plain functions (not methods), so that a GPT block can use the same two placements.
+def residual_forward(ops, x, ln_w, ln_b, sublayer, placement, p_drop, rng):
+    """x (B, T, C) -> (out (B, T, C), cache): one sub-layer f in its residual connection.
+
+    sublayer: h (B, T, C) -> (y (B, T, C), cache).  placement "pre" (GPT-2):
+    out = x + dropout(f(LN(x))); "post" (the paper): out = LN(x + dropout(f(x))).
+    ops: the layer modules (npgpt.layers or npgpt.kernels).
+    """
+    if placement == "pre":
+        h, c_ln = ops.layernorm.forward(x, ln_w, ln_b)
+        y, c_f = sublayer(h)
+        y, c_drop = ops.dropout.forward(y, p_drop, rng)
+        return x + y, (c_ln, c_f, c_drop)
+    y, c_f = sublayer(x)
+    y, c_drop = ops.dropout.forward(y, p_drop, rng)
+    out, c_ln = ops.layernorm.forward(x + y, ln_w, ln_b)
+    return out, (c_ln, c_f, c_drop)
+
+
+def residual_backward(ops, dout, cache, sublayer_backward, placement):
+    """dout (B, T, C) -> (dx (B, T, C), dln_w, dln_b).  sublayer_backward: (dy, cache) -> dh.
+
+    pre:  out = x + y,  y = drop(f(LN(x)))  ->  dx = dout + LN'(f'(drop'(dout)))
+    post: out = LN(s),  s = x + drop(f(x))  ->  ds = LN'(dout),  dx = ds + f'(drop'(ds))
+    The residual path passes its gradient through unchanged; the branch adds its part.
+    """
+    c_ln, c_f, c_drop = cache
+    if placement == "pre":
+        dh = sublayer_backward(ops.dropout.backward(dout, c_drop), c_f)
+        dh, dw, db = ops.layernorm.backward(dh, c_ln)
+        return dout + dh, dw, db
+    ds, dw, db = ops.layernorm.backward(dout, c_ln)
+    return ds + sublayer_backward(ops.dropout.backward(ds, c_drop), c_f), dw, db
+
+
 # ReLU is two lines, so it lives here rather than in npgpt/layers.
 def relu_forward(x):
     """x (any shape) -> max(x, 0), cache (where x > 0)."""
@@ -281,20 +317,10 @@ class Seq2Seq:
         return self.ops.linear.forward(x, P[prefix + ".weight"], P[prefix + ".bias"])
 
     def _residual_forward(self, x, norm, sublayer, p_drop, rng):
-        """One residual sub-layer, its norm placed by config.norm -> (x (B, T, C), cache).
-
-        sublayer: h (B, T, C) -> (y (B, T, C), cache).
-        """
-        ops = self.ops
-        if self.config.norm == "pre":  # x + dropout(f(LN(x)))
-            h, c_ln = self._layernorm(x, norm)
-            y, c_f = sublayer(h)
-            y, c_drop = ops.dropout.forward(y, p_drop, rng)
-            return x + y, (c_ln, c_f, c_drop)
-        y, c_f = sublayer(x)  # post: LN(x + dropout(f(x)))
-        y, c_drop = ops.dropout.forward(y, p_drop, rng)
-        out, c_ln = self._layernorm(x + y, norm)
-        return out, (c_ln, c_f, c_drop)
+        """One residual sub-layer, its norm (named norm) placed by config.norm -> (x, cache)."""
+        P = self.params
+        return residual_forward(self.ops, x, P[norm + ".weight"], P[norm + ".bias"], sublayer, self.config.norm,
+                                p_drop, rng)
 
     def _self_attention_forward(self, h, prefix, key_mask=None, causal=False):
         """h (B, T, C) -> (B, T, C): c_proj(attention(c_attn(h))).
@@ -426,19 +452,11 @@ class Seq2Seq:
         return dx
 
     def _residual_backward(self, dout, cache, norm, sublayer_backward, G):
-        """dout (B, T, C) -> dx (B, T, C) through one residual sub-layer.
-
-        pre:  out = x + y,  y = drop(f(LN(x)))  ->  dx = dout + LN'(f'(drop'(dout)))
-        post: out = LN(s),  s = x + drop(f(x))  ->  ds = LN'(dout), dx = ds + f'(drop'(ds))
-        """
-        c_ln, c_f, c_drop = cache
-        if self.config.norm == "pre":
-            dy = self.ops.dropout.backward(dout, c_drop)
-            dh = sublayer_backward(dy, c_f)
-            return dout + self._layernorm_backward(dh, c_ln, G, norm)  # the residual passes dout through
-        ds = self._layernorm_backward(dout, c_ln, G, norm)
-        dy = self.ops.dropout.backward(ds, c_drop)
-        return ds + sublayer_backward(dy, c_f)
+        """dout (B, T, C) -> dx (B, T, C); the norm's gradients land in G."""
+        dx, dw, db = residual_backward(self.ops, dout, cache, sublayer_backward, self.config.norm)
+        G[norm + ".weight"][...] = dw
+        G[norm + ".bias"][...] = db
+        return dx
 
     def _self_attention_backward(self, dy, cache, G, prefix):
         causal, c_qkv, c_att, c_proj = cache

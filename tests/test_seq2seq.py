@@ -101,6 +101,9 @@ def test_gradcheck_catches_a_broken_backward():
             ds = self._layernorm_backward(dout, c_ln, G, norm)
             return sublayer_backward(self.ops.dropout.backward(ds, c_drop), c_f)  # no "ds +"
 
+    model = Seq2Seq(tiny_config(norm="post", n_encoder_layer=1, n_decoder_layer=1))
+    assert model_gradcheck(model, SRC, TGT_IN, TARGETS).passed  # the real one passes on this very model
+
     model = Broken(tiny_config(norm="post", n_encoder_layer=1, n_decoder_layer=1))
     report = model_gradcheck(model, SRC, TGT_IN, TARGETS)
     assert not report.passed
