@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npgpt import gradcheck
-from npgpt.seq2seq import Seq2Seq, TransformerConfig, beam_search, greedy_decode
+from npgpt.seq2seq import Seq2Seq, TransformerConfig
 
 BACKENDS = ("numpy", "numba")
 NORMS = ("pre", "post")
