@@ -73,20 +73,25 @@ def forward_cached(model, idx, cache):
     t = idx.shape[1]
     if pos + t > cfg.block_size:
         raise ValueError(f"KV cache holds {cfg.block_size} positions; cannot add {t} after {pos}")
+    eps = cfg.layer_norm_epsilon
+
+    def linear(x, prefix):  # x @ w + b, plus the layer's LoRA adapter if it has one
+        out, _ = layers.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"))
+        if prefix + ".lora_a" in P:
+            out += layers.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], model.lora_scale)[0]
+        return out
+
     x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-        qkv, _ = layers.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, t, 3C)
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
+        qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
         a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
-        a, _ = layers.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
-        x = x + a
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, t, 4C)
-        h, _ = layers.gelu.forward(h)
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))
-        x = x + h
-    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+        x = x + linear(a, pre + "attn.c_proj")
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
+        h, _ = layers.gelu.forward(linear(h, pre + "mlp.c_fc"))  # (B, t, 4C)
+        x = x + linear(h, pre + "mlp.c_proj")
+    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
     cache.length = pos + t
     return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
 

@@ -34,6 +34,13 @@ class GPTConfig:
     bias: bool = True
     dtype: str = "float32"
     backend: str = "numba"  # npgpt.kernels; "numpy" runs the reference layers
+    layer_norm_epsilon: float = 1e-5  # GPT-2's; Hugging Face configs name it so
+    n_inner: int | None = None  # the MLP's hidden width; None means 4 * n_embd, as in GPT-2
+    # LoRA adapters (npgpt/layers/lora.py; docs/layers/lora.md): rank 0 means none.
+    # Targets: comma-separated layer names out of LORA_TARGETS.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "attn.c_attn,attn.c_proj"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -50,9 +57,46 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"GPTConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be in (0, 1), got {eps!r}")
+        if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, (int, np.integer))
+                                         or self.n_inner <= 0):
+            raise ValueError(f"GPTConfig.n_inner must be a positive integer or None (4 * n_embd), got {self.n_inner!r}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, (int, np.integer)) or self.lora_rank < 0:
+            raise ValueError(f"GPTConfig.lora_rank must be an integer >= 0, got {self.lora_rank!r}")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
+            raise ValueError(f"GPTConfig.lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        lora_target_names(self.lora_targets)  # raises on an unknown name
+
+    @property
+    def mlp_width(self):
+        """The MLP's hidden width: n_inner, or 4 * n_embd when n_inner is None."""
+        return self.n_inner or 4 * self.n_embd
 
     def to_dict(self):
         return asdict(self)
+
+
+# The linear layers of a block that can carry a LoRA adapter; short names accepted too.
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+LORA_TARGET_ALIASES = {"c_attn": "attn.c_attn", "c_proj": "attn.c_proj", "c_fc": "mlp.c_fc"}
+
+
+def lora_target_names(targets):
+    """"c_attn,c_proj" -> ("attn.c_attn", "attn.c_proj"): canonical names in block order.
+
+    "c_proj" alone is attention's output projection; the MLP's is "mlp.c_proj".
+    """
+    if not isinstance(targets, str):
+        raise ValueError(f"GPTConfig.lora_targets must be a comma-separated string, got {targets!r}")
+    names = set()
+    for part in filter(None, (t.strip() for t in targets.split(","))):
+        name = LORA_TARGET_ALIASES.get(part, part)
+        if name not in LORA_TARGETS:
+            raise ValueError(f"unknown LoRA target {part!r}; choose from c_attn, c_proj, c_fc, mlp.c_proj")
+        names.add(name)
+    return tuple(t for t in LORA_TARGETS if t in names)
 
 
 def param_shapes(config):
@@ -75,9 +119,16 @@ def param_shapes(config):
         add_linear(f"h.{i}.attn.c_attn", C, 3 * C)
         add_linear(f"h.{i}.attn.c_proj", C, C)
         add_layernorm(f"h.{i}.ln_2")
-        add_linear(f"h.{i}.mlp.c_fc", C, 4 * C)
-        add_linear(f"h.{i}.mlp.c_proj", 4 * C, C)
+        add_linear(f"h.{i}.mlp.c_fc", C, config.mlp_width)
+        add_linear(f"h.{i}.mlp.c_proj", config.mlp_width, C)
     add_layernorm("ln_f")
+    if config.lora_rank:  # adapters last: the base weights stay one contiguous prefix of the buffer
+        r = config.lora_rank
+        for i in range(config.n_layer):
+            for target in lora_target_names(config.lora_targets):
+                c_in, c_out = shapes[f"h.{i}.{target}.weight"]
+                shapes[f"h.{i}.{target}.lora_a"] = (c_in, r)
+                shapes[f"h.{i}.{target}.lora_b"] = (r, c_out)
     return shapes
 
 
@@ -109,7 +160,8 @@ class GPT:
     grads = model.backward(cache)               # {name: array shaped like params[name]}
     """
 
-    def __init__(self, config, seed=0):
+    def __init__(self, config, seed=0, init_weights=True):
+        """init_weights=False leaves the buffer zeroed, for a caller that loads weights next."""
         self.config = config
         self.dtype = np.dtype(config.dtype)
         self.shapes = param_shapes(config)
@@ -120,7 +172,9 @@ class GPT:
         # The numba kernels also offer fused variants (bias inside GELU, in-place
         # buffers); the model takes them where noted, the reference path stays plain.
         self.fused = config.backend == "numba"
-        self._init_weights(np.random.default_rng(seed))
+        self.lora_scale = config.lora_alpha / config.lora_rank if config.lora_rank else 0.0  # alpha / r
+        if init_weights:
+            self._init_weights(np.random.default_rng(seed))
 
     def _init_weights(self, rng):
         """GPT-2's init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)).
@@ -130,12 +184,24 @@ class GPT:
         """
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.params.items():
+            if ".lora_" in name:
+                continue  # adapters: init_adapters below
             if p.ndim == 2:
                 std = residual_std if name.endswith("c_proj.weight") else 0.02
                 p[...] = rng.normal(0.0, std, p.shape)
             elif name.endswith(".weight"):  # layer norm gains
                 p[...] = 1.0
             # biases stay 0: the flat buffer starts zeroed
+        self.init_adapters(rng)
+
+    def init_adapters(self, rng):
+        """Fresh LoRA adapters (if the config has any): a random, b zero, so the model is unchanged."""
+        for name in self.params:
+            if name.endswith(".lora_a"):
+                prefix = name[: -len(".lora_a")]
+                a, b = layers.lora.init(*self.shapes[prefix + ".weight"], self.config.lora_rank, rng)
+                self.params[name][...] = a
+                self.params[prefix + ".lora_b"][...] = b
 
     # ----------------------------------------------------------------- checks
     def _check_idx(self, idx, what="idx"):
@@ -172,40 +238,55 @@ class GPT:
         """idx (B, T) -> final hidden states (B, T, C), after ln_f."""
         ops, P, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if rng is not None else 0.0  # dropout only when training
+        eps = cfg.layer_norm_epsilon
         x, c = ops.embedding.forward(idx, P["wte.weight"], P["wpe.weight"])  # (B, T, C)
         caches.append(c)
         x, c = ops.dropout.forward(x, p_drop, rng)
         caches.append(c)
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
-            h, c_ln1 = ops.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-            qkv, c_qkv = ops.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, T, 3C)
+            h, c_ln1 = ops.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
+            qkv, c_qkv = self._linear(h, pre + "attn.c_attn")  # (B, T, 3C)
             a, c_att = ops.attention.forward(qkv, cfg.n_head)  # (B, T, C)
-            a, c_aproj = ops.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
+            a, c_aproj = self._linear(a, pre + "attn.c_proj")
             a, c_adrop = ops.dropout.forward(a, p_drop, rng)
             x = x + a  # residual
-            h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-            h, c_fc, c_gelu = self._mlp_up(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, T, 4C)
-            h, c_mproj = ops.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))  # (B, T, C)
+            h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
+            h, c_fc, c_gelu = self._mlp_up(h, pre + "mlp.c_fc")  # (B, T, 4C)
+            h, c_mproj = self._linear(h, pre + "mlp.c_proj")  # (B, T, C)
             h, c_mdrop = ops.dropout.forward(h, p_drop, rng)
             x = x + h  # residual
             caches.append((c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop))
-        x, c = ops.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+        x, c = ops.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
         caches.append(c)
         return x
 
-    def _mlp_up(self, h, w, b):
-        """gelu(h @ w + b): (B, T, C) -> (B, T, 4C), and the caches of both layers.
+    def _linear(self, x, prefix, with_bias=True):
+        """x @ w + b of the layer named prefix, plus its LoRA adapter's x @ a @ b * scale if it has one.
+
+        -> (out, cache); the cache is the linear layer's, or (its, the adapter's).
+        """
+        P = self.params
+        out, cache = self.ops.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias") if with_bias else None)
+        if prefix + ".lora_a" not in P:
+            return out, cache
+        delta, c_lora = self.ops.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], self.lora_scale)
+        out += delta
+        return out, (cache, c_lora)
+
+    def _mlp_up(self, h, prefix):
+        """gelu(h @ w + b) of the layer named prefix: (B, T, C) -> (B, T, 4C), and the caches of both layers.
 
         The kernels add the bias inside the GELU pass (one pass over the
         (B, T, 4C) activations instead of two); the reference runs the two
         layers one after the other.
         """
+        b = self.params.get(prefix + ".bias")
         if self.fused and b is not None:
-            h, c_fc = self.ops.linear.forward(h, w, None)
+            h, c_fc = self._linear(h, prefix, with_bias=False)
             h, c_gelu = self.ops.gelu.bias_forward(h, b)  # adds b to the fresh h @ w in place
             return h, c_fc, c_gelu
-        h, c_fc = self.ops.linear.forward(h, w, b)
+        h, c_fc = self._linear(h, prefix)
         h, c_gelu = self.ops.gelu.forward(h)
         return h, c_fc, c_gelu
 
@@ -305,13 +386,22 @@ class GPT:
             G["wpe.weight"][...] = dwpe
         return G
 
-    def _linear_backward(self, dout, cache, dw, db):
+    def _linear_backward(self, dout, cache, dw, db, dlora=None):
         """A linear layer's backward -> dx; its weight and bias gradients land in
-        dw and db (views of the flat gradient buffer; db None without a bias).
+        dw and db (views of the flat gradient buffer; db None without a bias),
+        its adapter's in dlora = (da, db) when it has one.
 
         The kernels write them there directly; the reference returns new
         arrays, which are copied in.
         """
+        if dlora is not None:  # an adapted layer: out = x @ w + b + lora(x); dx gets both paths
+            cache, c_lora = cache
+            dx_lora, da, db_lora = self.ops.lora.backward(dout, c_lora)
+            dlora[0][...] = da
+            dlora[1][...] = db_lora
+            dx = self._linear_backward(dout, cache, dw, db)
+            dx += dx_lora
+            return dx
         if self.fused:
             return self.ops.linear.backward_into(dout, cache, dw, db)
         dx, dw_new, db_new = self.ops.linear.backward(dout, cache)
@@ -322,8 +412,9 @@ class GPT:
 
 
 def _grads_of(grads, prefix):
-    """-> (weight gradient, bias gradient or None) of the layer named prefix."""
-    return grads[prefix + ".weight"], grads.get(prefix + ".bias")
+    """-> (weight gradient, bias gradient or None, (adapter's da, db) or None) of the layer named prefix."""
+    dlora = (grads[prefix + ".lora_a"], grads[prefix + ".lora_b"]) if prefix + ".lora_a" in grads else None
+    return grads[prefix + ".weight"], grads.get(prefix + ".bias"), dlora
 
 
 def _store(grads, prefix, dw, db):
