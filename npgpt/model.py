@@ -203,6 +203,24 @@ class GPT:
                 self.params[name][...] = a
                 self.params[prefix + ".lora_b"][...] = b
 
+    # ------------------------------------------------------- pretrained files
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, backend=None, block_size=None):
+        """A Hugging Face GPT-2 folder (config.json + safetensors) or an npgpt checkpoint directory -> GPT.
+
+        block_size below the model's crops the position table.  The
+        tokenizer: npgpt.pretrained.load(path).tokenizer.  docs/pretrained.md
+        """
+        from .pretrained import from_pretrained
+
+        return from_pretrained(path, dtype=dtype, backend=backend, block_size=block_size)
+
+    def save_pretrained(self, directory, tokenizer=None, merge_lora=True):
+        """Write a folder transformers' GPT2LMHeadModel (and AutoTokenizer) load; LoRA adapters merged."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer, merge_lora=merge_lora)
+
     # ----------------------------------------------------------------- checks
     def _check_idx(self, idx, what="idx"):
         idx = np.asarray(idx)
