@@ -185,7 +185,8 @@ def stream_text(tokenizer, prompt_ids, token_iter, write):
 
 # ------------------------------------------------------------------ the command
 def add_arguments(parser):
-    parser.add_argument("--ckpt", default="out", help="training output directory to sample from (default: out)")
+    parser.add_argument("--ckpt", default="out",
+                        help="training output directory, or a Hugging Face GPT-2 folder, to sample from (default: out)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy (default: 0.8)")
@@ -243,11 +244,12 @@ def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, see
 
 
 def run(args):
-    from .checkpoint import load_model
+    from .pretrained import load
 
     check_sampling_args(args)
     # generation runs the reference layers (with the KV cache) whatever the training backend was
-    model, tokenizer, _ = load_model(args.ckpt, backend="numpy")
+    loaded = load(args.ckpt, backend="numpy")
+    model, tokenizer = loaded.model, loaded.require_tokenizer("sampling")
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     print_samples(model, tokenizer, prompt_ids, args.num_samples, args.max_new_tokens, args.seed,
                   args.temperature, args.top_k, args.top_p)

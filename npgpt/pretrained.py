@@ -62,7 +62,8 @@ def read_hf_config(folder):
     """folder/config.json -> its validated dict (GPT-2's names)."""
     path = os.path.join(folder, CONFIG)
     if not os.path.exists(path):
-        raise UserError(f"{folder}: no {CONFIG} (not a Hugging Face GPT-2 folder, and no npgpt checkpoint.json)")
+        raise UserError(f"no checkpoint at {folder}: checkpoint.json is missing (an npgpt training output directory) "
+                        f"and there is no {CONFIG} (a Hugging Face GPT-2 folder)")
     return safeload.load_json(path, HF_CONFIG_SCHEMA, max_bytes=1 << 20)
 
 
@@ -265,6 +266,9 @@ def load_npgpt_model(path, dtype=None, backend=None, block_size=None, seed=0, **
         tokenizer = from_dict(ckpt.tokenizer)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"corrupt checkpoint: bad tokenizer in {ckpt.path} ({e})") from None
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"corrupt checkpoint: tokenizer has {tokenizer.vocab_size} tokens, "
+                        f"model expects {model.config.vocab_size}")
     return model, tokenizer, ckpt
 
 
@@ -311,9 +315,9 @@ def _check_dir(path):
         raise UserError(f"a model path must be a directory name, got {path!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise UserError(f"no model at {path}: directory not found")
+        raise UserError(f"no checkpoint at {path}: directory not found")
     if not os.path.isdir(path):
-        raise UserError(f"no model at {path}: not a directory (give the folder holding config.json or checkpoint.json)")
+        raise UserError(f"no checkpoint at {path}: not a directory (give the folder holding checkpoint.json or config.json)")
     return path
 
 
