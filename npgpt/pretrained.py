@@ -582,3 +582,32 @@ def char_tokenizer_json(tokenizer):
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                       "ignore_merges": False, "vocab": {c: i for i, c in enumerate(tokenizer.chars)},
                       "merges": []}}
+
+
+# ------------------------------------------------------------------ `npgpt export`
+def add_arguments(parser):
+    parser.add_argument("--ckpt", default="out", help="training output directory (or a Hugging Face folder) to export (default: out)")
+    parser.add_argument("--to", required=True, metavar="DIR",
+                        help="folder to write config.json, model.safetensors and the tokenizer files into")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="fold LoRA adapters into their weights (required when the checkpoint has adapters)")
+    parser.add_argument("--force", action="store_true", help="overwrite a model already exported to DIR")
+
+
+def run(args):
+    target = args.to
+    if os.path.exists(os.path.join(target, "checkpoint.json")):
+        raise UserError(f"{target} holds an npgpt checkpoint; export to another folder")
+    existing = [n for n in (CONFIG, WEIGHTS) if os.path.exists(os.path.join(target, n))]
+    if existing and not args.force:
+        raise UserError(f"{target} already holds {existing[0]}; pass --force to overwrite it")
+    loaded = load(args.ckpt)
+    if loaded.model.config.lora_rank and not args.merge_lora:
+        raise UserError(f"{args.ckpt} has LoRA adapters, which a GPT-2 folder cannot hold unmerged: "
+                        "add --merge-lora to fold them into the weights")
+    files = save_pretrained(loaded.model, target, tokenizer=loaded.tokenizer, merge_lora=args.merge_lora)
+    source = f"{args.ckpt} (iteration {loaded.iteration})" if loaded.kind == "npgpt" else args.ckpt
+    print(f"exported {source} to {target}: {', '.join(files)}")
+    if loaded.tokenizer is None:
+        print(f"note: no tokenizer written ({loaded.tokenizer_problem})")
+    return 0
