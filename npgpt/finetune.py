@@ -1,16 +1,16 @@
 """Fine-tuning helpers: which parameters train, an optimizer for those alone, LoRA on and off.
 
     model, tok = npgpt.pretrained.load_for_finetuning("gpt2/", lora_rank=8, lora_targets="c_attn,c_proj")
-    mask = trainable_mask(model, None)          # with adapters: the adapters alone
+    mask = freeze(model, None)                  # with adapters: the adapters alone train
     opt = TrainableAdamW(model, mask, weight_decay=0.0)
     ...  grads = model.backward(cache, out=grad); opt.step(grad, lr)
     merged = merge_lora(model)                  # a plain GPT with the adapters folded in
 
-Freezing is a mask over the model's flat parameter buffer.  The model
-still computes every gradient (the backward is the same code either way);
-the optimizer reads only the trainable part, keeps its moments m and v
-only for it, and never writes a frozen entry, so frozen weights stay
-equal bit for bit.  For GPT-2 124M with rank-8 adapters on c_attn and
+Freezing is a mask over the model's flat parameter buffer.  `freeze` also
+tells the model which parameters are frozen, so that its backward skips
+their weight-gradient products; the optimizer reads only the trainable
+part, keeps its moments m and v only for it, and never writes a frozen
+entry, so frozen weights stay equal bit for bit.  For GPT-2 124M with rank-8 adapters on c_attn and
 c_proj, the moments shrink from 2 x 124M floats to 2 x 0.6M.
 
 Freeze specs (`npgpt train --freeze SPEC`) name the base weights that
@@ -71,6 +71,19 @@ def trainable_mask(model, freeze_spec=None):
     keep = set(trainable_names(model, freeze_spec))
     parts = [np.full(math.prod(shape), name in keep) for name, shape in model.shapes.items()]
     return np.concatenate(parts)
+
+
+def freeze(model, freeze_spec=None):
+    """Mark the parameters freeze_spec does not train as frozen on model; returns the trainable mask.
+
+    model.backward then leaves their gradients at zero and skips the
+    products that only they need (dW of a frozen linear layer, of the tied
+    head, the embedding's scatter), which is where LoRA saves time, not
+    just memory.  Use the mask for TrainableAdamW.
+    """
+    keep = set(trainable_names(model, freeze_spec))
+    model.frozen = frozenset(n for n in model.shapes if n not in keep)
+    return trainable_mask(model, freeze_spec)
 
 
 def mask_ranges(mask):

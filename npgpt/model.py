@@ -173,6 +173,9 @@ class GPT:
         # buffers); the model takes them where noted, the reference path stays plain.
         self.fused = config.backend == "numba"
         self.lora_scale = config.lora_alpha / config.lora_rank if config.lora_rank else 0.0  # alpha / r
+        # names of parameters that do not train (npgpt.finetune.freeze): backward writes zeros
+        # for them and skips the weight-gradient products it can
+        self.frozen = frozenset()
         if init_weights:
             self._init_weights(np.random.default_rng(seed))
 
@@ -353,6 +356,7 @@ class GPT:
             raise ValueError("this forward cache was already used by a backward")
         flat = np.zeros(self.num_params, self.dtype) if out is None else out
         G = views_into(flat, self.shapes)
+        frozen = self.frozen
         caches = list(cache)
         if self.fused:
             cache.clear()  # from here on `caches` holds the only references
@@ -364,7 +368,7 @@ class GPT:
         else:
             dlogits = ops.cross_entropy.backward(dloss, c_ce)  # (B, T, V)
         # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
-        dx = self._linear_backward(dlogits, c_head, G["wte.weight"].T, None)
+        dx = self._linear_backward(dlogits, c_head, None if "wte.weight" in frozen else G["wte.weight"].T, None)
         del dlogits
 
         dx, dw, db = ops.layernorm.backward(dx, caches.pop())
@@ -374,27 +378,29 @@ class GPT:
             c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop = caches.pop()
             # MLP branch: x = x + drop(c_proj(gelu(c_fc(ln_2(x)))))
             dh = ops.dropout.backward(dx, c_mdrop)
-            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj"))
+            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj", frozen))
             if self.fused and cfg.bias:
                 dh, db = ops.gelu.bias_backward(dh, c_gelu)  # also sums c_fc's bias gradient
                 G[pre + "mlp.c_fc.bias"][...] = db
             else:
                 dh = ops.gelu.backward(dh, c_gelu)
-            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc"))
+            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc", frozen))
             dh, dw, db = ops.layernorm.backward(dh, c_ln2)
             _store(G, pre + "ln_2", dw, db)
             dx += dh  # the residual passes dx through unchanged; the branch adds its part
             # attention branch: x = x + drop(c_proj(attn(c_attn(ln_1(x)))))
             da = ops.dropout.backward(dx, c_adrop)
-            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj"))
+            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj", frozen))
             dqkv = ops.attention.backward(da, c_att)
-            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn"))
+            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn", frozen))
             dh, dw, db = ops.layernorm.backward(dh, c_ln1)
             _store(G, pre + "ln_1", dw, db)
             dx += dh
 
         dx = ops.dropout.backward(dx, caches.pop())
         c_emb = caches.pop()
+        if {"wte.weight", "wpe.weight"} <= frozen:
+            return _zero_frozen(G, frozen)
         if self.fused:  # add the lookup's gradient into wte in place: no (V, C) temporary
             G["wpe.weight"][...] = 0.0
             ops.embedding.backward_into(dx, c_emb, G["wte.weight"], G["wpe.weight"])
@@ -402,7 +408,7 @@ class GPT:
             dwte, dwpe = ops.embedding.backward(dx, c_emb)
             G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
             G["wpe.weight"][...] = dwpe
-        return G
+        return _zero_frozen(G, frozen)
 
     def _linear_backward(self, dout, cache, dw, db, dlora=None):
         """A linear layer's backward -> dx; its weight and bias gradients land in
@@ -420,6 +426,12 @@ class GPT:
             dx = self._linear_backward(dout, cache, dw, db)
             dx += dx_lora
             return dx
+        if dw is None:  # a frozen weight: skip dW's product, as costly as the forward's
+            x, w, has_bias = cache
+            dout2 = dout.reshape(-1, w.shape[1])
+            if has_bias and db is not None:
+                np.sum(dout2, axis=0, out=db)
+            return (dout2 @ w.T).reshape(x.shape)
         if self.fused:
             return self.ops.linear.backward_into(dout, cache, dw, db)
         dx, dw_new, db_new = self.ops.linear.backward(dout, cache)
@@ -429,10 +441,19 @@ class GPT:
         return dx
 
 
-def _grads_of(grads, prefix):
-    """-> (weight gradient, bias gradient or None, (adapter's da, db) or None) of the layer named prefix."""
+def _grads_of(grads, prefix, frozen=frozenset()):
+    """-> (weight gradient, bias gradient, (adapter's da, db)) of the layer named prefix;
+    None for a missing bias or adapter, and for a frozen parameter (whose gradient stays zero)."""
     dlora = (grads[prefix + ".lora_a"], grads[prefix + ".lora_b"]) if prefix + ".lora_a" in grads else None
-    return grads[prefix + ".weight"], grads.get(prefix + ".bias"), dlora
+    w, b = prefix + ".weight", prefix + ".bias"
+    return (None if w in frozen else grads[w]), (None if b in frozen else grads.get(b)), dlora
+
+
+def _zero_frozen(grads, frozen):
+    """Frozen parameters' gradients are exactly zero, whatever was computed or skipped on the way."""
+    for name in frozen:
+        grads[name][...] = 0.0
+    return grads
 
 
 def _store(grads, prefix, dw, db):

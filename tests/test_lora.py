@@ -5,7 +5,7 @@ import pytest
 from npgpt import GPT, GPTConfig, checkpoint, gradcheck, kernels, layers, pretrained
 from npgpt.cli import main as cli_main
 from npgpt.errors import UserError
-from npgpt.finetune import TrainableAdamW, add_lora, mask_ranges, merge_lora, trainable_mask, trainable_names
+from npgpt.finetune import TrainableAdamW, add_lora, freeze, mask_ranges, merge_lora, trainable_mask, trainable_names
 from npgpt.generate import generate
 from npgpt.layers import lora
 from npgpt.optim import AdamW
@@ -135,6 +135,25 @@ def test_freeze_specs_name_the_right_parameters():
     adapted = add_lora(model, 2)
     assert all(".lora_" in n for n in trainable_names(adapted))  # with adapters: the adapters alone by default
     assert set(trainable_names(adapted, "all-but-last:1")) == set(last) | {n for n in adapted.shapes if ".lora_" in n}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("spec", [None, "all-but-last:1", "all-but-head-and-ln"])
+def test_frozen_backward_gives_the_same_trainable_gradients_and_zero_elsewhere(backend, spec):
+    full = add_lora(GPT(tiny_config(backend=backend), seed=0), 2, targets=ALL_TARGETS) if spec is None else \
+        GPT(tiny_config(backend=backend), seed=0)
+    full = with_trained_adapters(full)
+    partial = GPT(full.config, init_weights=False)
+    partial.flat_params[...] = full.flat_params
+    mask = freeze(partial, spec)
+    assert partial.frozen == {n for n in partial.shapes if n not in trainable_names(partial, spec)}
+    idx, targets = batch()
+    expected = np.zeros_like(full.flat_params)
+    full.backward(full.forward(idx, targets)[1], out=expected)
+    got = np.full_like(expected, np.nan)  # a reused buffer: every entry must be written
+    partial.backward(partial.forward(idx, targets)[1], out=got)
+    np.testing.assert_allclose(got[mask], expected[mask], rtol=1e-12, atol=1e-15)
+    assert not got[~mask].any()
 
 
 def test_mask_ranges_are_the_runs_of_the_mask():
