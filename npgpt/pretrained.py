@@ -226,7 +226,8 @@ def load_hf_model(folder, dtype=None, backend=None, block_size=None, seed=0, **o
             continue
         w = files.read(name)
         p[...] = w[: config.block_size] if name == "wpe.weight" else w
-    if files.lm_head is not None and not np.array_equal(files.read("lm_head.weight"), files.read("wte.weight")):
+    if files.lm_head is not None and not np.array_equal(files.read("lm_head.weight").astype(model.dtype),
+                                                        model.params["wte.weight"]):
         raise UserError(f"{files.lm_head[0]}: lm_head.weight differs from wte.weight; npgpt ties the LM head to "
                         "the token embedding, so a model with a separate head cannot be loaded")
     model.init_adapters(np.random.default_rng(seed))

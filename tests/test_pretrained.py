@@ -220,6 +220,27 @@ def test_npgpt_to_transformers_to_npgpt_is_bit_exact(bpe_tokenizer, tmp_path):
     assert back.tokenizer.encode(TEXT) == bpe_tokenizer.encode(TEXT)
 
 
+def test_a_tokenizer_json_alone_loads_as_the_same_bpe(bpe_tokenizer, tmp_path):
+    bpe_tokenizer.save_gpt2(str(tmp_path / "gpt2-files"))  # GPT-2's own names: encoder.json + vocab.bpe
+    os.rename(tmp_path / "gpt2-files" / "encoder.json", tmp_path / "gpt2-files" / "vocab.json")
+    os.rename(tmp_path / "gpt2-files" / "vocab.bpe", tmp_path / "gpt2-files" / "merges.txt")
+    tokenizers = pytest.importorskip("tokenizers")
+    fast = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(tmp_path / "gpt2-files" / "vocab.json"),
+                                                                str(tmp_path / "gpt2-files" / "merges.txt")))
+    fast.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    fast.decoder = tokenizers.decoders.ByteLevel()
+    fast.add_special_tokens(["<|endoftext|>"])
+    folder = tmp_path / "model"
+    make_hf(vocab_size=bpe_tokenizer.vocab_size).save_pretrained(folder)
+    fast.save(str(folder / "tokenizer.json"))  # the `tokenizers` library's one-file format
+    assert not os.path.exists(folder / "vocab.json")
+    tok = pretrained.load(str(folder)).tokenizer
+    sample = TEXT + " héllo wörld 123  <|endoftext|>"
+    assert tok.encode(sample, allowed_special="all") == bpe_tokenizer.encode(sample, allowed_special="all")
+    assert tok.encode(sample, allowed_special="all") == fast.encode(sample).ids  # and as the tokenizers library does
+    assert tok.special_tokens == bpe_tokenizer.special_tokens
+
+
 def test_character_tokenizer_exports_as_a_tokenizer_json_transformers_encodes_identically(tmp_path):
     tok = CharTokenizer.train(TEXT + "é")
     model = perturbed_npgpt_model(tok)
