@@ -144,6 +144,8 @@ class WeightFiles:
         if path not in self._open:
             import safetensors
 
+            if not os.path.isfile(path):  # a device or FIFO (or a link to one) would block or never end
+                raise UserError(f"{path}: not a regular file")
             try:
                 self._open[path] = safetensors.safe_open(path, framework="numpy")
             except Exception as e:  # the package raises its own types for bad headers and short files
@@ -160,6 +162,12 @@ class WeightFiles:
         if name in self.where:
             raise UserError(f"{path}: weight {name!r} appears twice ({self.where[name][1]!r} and {key!r})")
         self.where[name] = (path, key)
+
+    def check_layers(self, n_layer, where):
+        """config.json's n_layer against the blocks the files hold: checked before any per-layer work."""
+        blocks = {name.split(".")[1] for name in self.where if re.match(r"^h\.\d+\.", name)}
+        if n_layer != len(blocks):
+            raise UserError(f"{where}: n_layer is {n_layer} but the weight files hold {len(blocks)} blocks")
 
     def check(self, shapes, positions):
         """Every expected name present with its shape (wpe: `positions` rows); nothing unexpected."""
@@ -186,7 +194,8 @@ class WeightFiles:
         try:
             tensor = self._handle(path).get_tensor(key)
         except Exception as e:  # truncated data, or a dtype numpy lacks (bfloat16)
-            raise UserError(f"{path}: cannot read weight {key!r} ({_first_line(e)})") from None
+            hint = "; NumPy has no bfloat16: save the model in float32" if "bfloat16" in str(e) else ""
+            raise UserError(f"{path}: cannot read weight {key!r} ({_first_line(e)}){hint}") from None
         if tensor.dtype.kind != "f":
             raise UserError(f"{path}: weight {key!r} holds {tensor.dtype} values, expected floating point")
         if not np.isfinite(tensor).all():
@@ -219,6 +228,7 @@ def load_hf_model(folder, dtype=None, backend=None, block_size=None, seed=0, **o
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {e}") from None
     files = WeightFiles(folder)
+    files.check_layers(config.n_layer, where)  # before param_shapes: a crafted n_layer must not cost time
     files.check({k: v for k, v in param_shapes(config).items() if ".lora_" not in k}, positions)
     model = GPT(config, init_weights=False)  # every base weight is overwritten next
     for name, p in model.params.items():

@@ -331,6 +331,11 @@ def _write(folder, name, data):
         f.write(data)
 
 
+def _to_bfloat16(folder):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).to(torch.bfloat16)
+    hf.save_pretrained(folder)
+
+
 def _only_pickle(folder):
     os.remove(os.path.join(folder, "model.safetensors"))
     _write(folder, "pytorch_model.bin", b"\x80\x04not really a pickle")
@@ -347,6 +352,11 @@ BAD_FOLDERS = {
     "corrupt safetensors": (lambda d: _write(d, "model.safetensors", b"\x00" * 64), r"model\.safetensors: not a valid safetensors file"),
     "truncated safetensors": (lambda d: _truncate(d, "model.safetensors", -100), r"model\.safetensors: (not a valid safetensors file|cannot read)"),
     "missing key": (lambda d: _drop_key(d, "transformer.h.1.mlp.c_fc.bias"), r"weight 'h\.1\.mlp\.c_fc\.bias' .*is missing"),
+    "n_layer disagrees": (lambda d: _edit_config(d, n_layer=16_000_000), r"n_layer is 16000000 but the weight files hold 2 blocks"),
+    "weights not a file": (lambda d: (os.remove(os.path.join(d, "model.safetensors")),
+                                      os.symlink("/dev/zero", os.path.join(d, "model.safetensors"))),
+                           r"model\.safetensors: not a regular file"),
+    "bfloat16 weights": (lambda d: _to_bfloat16(d), r"cannot read weight 'transformer\.\S+' .*bfloat16.*save the model in float32"),
     "shape mismatch": (lambda d: _edit_config(d, vocab_size=V + 3), r"weight 'transformer\.wte\.weight' has shape \(61, 16\), config\.json implies \(64, 16\)"),
     "only pytorch_model.bin": (_only_pickle, r"only pytorch_model\.bin, a pickle .*can run arbitrary code.*safe_serialization=True"),
     "missing shard": (lambda d: (os.remove(os.path.join(d, "model.safetensors")),
@@ -367,6 +377,7 @@ def test_bad_folder_is_one_clear_line(hf_dir, tmp_path, capsys, case):
     with pytest.raises(UserError, match=pattern):
         GPT.from_pretrained(folder)
     _write(folder, "data.txt", TEXT.encode())  # the same through the CLI: one line, exit 2, no traceback
+    capsys.readouterr()
     assert cli_main(["eval", "--ckpt", folder, "--data", os.path.join(folder, "data.txt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("npgpt: error: ") and err.count("\n") == 1 and "Traceback" not in err
