@@ -265,10 +265,12 @@ def load_npgpt_model(path, dtype=None, backend=None, block_size=None, seed=0, **
         fields["block_size"] = block_size
         if "wpe.weight" in ckpt.params:
             ckpt.params["wpe.weight"] = ckpt.params["wpe.weight"][:block_size]
-    adapters = {k: v for k, v in ckpt.params.items() if ".lora_" in k}
-    if adapters and overrides.get("lora_rank") is not None and int(overrides["lora_rank"]) != ckpt.config.get("lora_rank"):
-        raise UserError(f"{path} has LoRA adapters of rank {ckpt.config.get('lora_rank')}; merge them first "
-                        "(npgpt export --merge-lora) to fine-tune with other adapters")
+    if ckpt.config.get("lora_rank"):  # its adapters are kept (and train on); other adapters cannot be added
+        rank = fields.get("lora_rank")
+        if rank and rank != ckpt.config["lora_rank"]:
+            raise UserError(f"{path} has LoRA adapters of rank {ckpt.config['lora_rank']}; merge them first "
+                            "(npgpt export --merge-lora) to fine-tune with other adapters")
+        fields = {k: v for k, v in fields.items() if not k.startswith("lora_")}
     if _adds_adapters(ckpt, fields):
         model = _with_new_adapters(ckpt, fields, seed)
     else:

@@ -224,6 +224,10 @@ def test_adapters_survive_a_checkpoint_and_export_merged(tmp_path, capsys):
     back = pretrained.load(str(tmp_path / "run"), dtype="float64")
     assert back.model.config.lora_rank == 2 and back.model.config.lora_targets == "c_attn,mlp.c_proj"
     np.testing.assert_array_equal(back.model.flat_params, model.flat_params)
+    again = pretrained.load(str(tmp_path / "run"), dtype="float64", lora_rank=0, lora_targets="c_fc")
+    np.testing.assert_array_equal(again.model.flat_params, model.flat_params)  # its adapters kept, overrides unused
+    with pytest.raises(UserError, match="has LoRA adapters of rank 2; merge them first"):
+        pretrained.load(str(tmp_path / "run"), lora_rank=4)
 
     assert cli_main(["export", "--ckpt", str(tmp_path / "run"), "--to", str(tmp_path / "hf")]) == 2
     assert "add --merge-lora" in capsys.readouterr().err
