@@ -216,7 +216,8 @@ def load_hf_model(folder, dtype=None, backend=None, block_size=None, seed=0, **o
     lora_rank, ...).  Adapters, if any, start fresh (B = 0), drawn with seed.
     """
     where = os.path.join(folder, CONFIG)
-    fields = hf_config_fields(read_hf_config(folder), where)
+    hf = read_hf_config(folder)
+    fields = hf_config_fields(hf, where)
     positions = fields["block_size"]
     if block_size is not None:
         if not 0 < block_size <= positions:
@@ -229,6 +230,8 @@ def load_hf_model(folder, dtype=None, backend=None, block_size=None, seed=0, **o
         raise UserError(f"{where}: {e}") from None
     files = WeightFiles(folder)
     files.check_layers(config.n_layer, where)  # before param_shapes: a crafted n_layer must not cost time
+    if hf.get("tie_word_embeddings") is False and files.lm_head is None:
+        raise UserError(f"{where}: tie_word_embeddings is false but the weight files hold no lm_head.weight")
     files.check({k: v for k, v in param_shapes(config).items() if ".lora_" not in k}, positions)
     model = GPT(config, init_weights=False)  # every base weight is overwritten next
     for name, p in model.params.items():

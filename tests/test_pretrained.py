@@ -348,6 +348,7 @@ BAD_FOLDERS = {
     "config.json empty": (lambda d: _write(d, "config.json", b""), r"config\.json: not valid JSON"),
     "activation": (lambda d: _edit_config(d, activation_function="relu"), r"activation_function 'relu' is not supported"),
     "model type": (lambda d: _edit_config(d, model_type="llama"), r"model_type is 'llama'"),
+    "untied head missing": (lambda d: _edit_config(d, tie_word_embeddings=False), r"tie_word_embeddings is false but .* no lm_head"),
     "no weights": (lambda d: os.remove(os.path.join(d, "model.safetensors")), r"no model\.safetensors"),
     "corrupt safetensors": (lambda d: _write(d, "model.safetensors", b"\x00" * 64), r"model\.safetensors: not a valid safetensors file"),
     "truncated safetensors": (lambda d: _truncate(d, "model.safetensors", -100), r"model\.safetensors: (not a valid safetensors file|cannot read)"),
