@@ -72,7 +72,7 @@ def hf_loss_and_grads(hf, idx, targets, dtype):
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.as_tensor(targets).reshape(-1))
     loss.backward()
     grads = {n.removeprefix("transformer."): p.grad.detach().numpy().copy() for n, p in hf.named_parameters()}
-    return logits.detach().numpy(), float(loss), grads
+    return logits.detach().numpy(), float(loss.detach()), grads
 
 
 # ------------------------------------------------------------------ parity
