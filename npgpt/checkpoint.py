@@ -32,7 +32,7 @@ import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, param_shapes
 from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 
 POINTER = "checkpoint.json"
@@ -126,19 +126,27 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         name = _new_snapshot_name(out_dir, int(state.get("iter", 0)))
         os.rename(staging, os.path.join(out_dir, name))  # atomic: the snapshot appears complete
         fsync_dir(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _raise_save_error(e, out_dir, previous)
     pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
                "files": hashes}
     try:
         atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # ours and never committed
-        raise
+        _raise_save_error(e, out_dir, previous)
     if previous is not None and previous["snapshot"] != name:
         shutil.rmtree(os.path.join(out_dir, previous["snapshot"]), ignore_errors=True)
     return os.path.join(out_dir, name)
+
+
+def _raise_save_error(e, out_dir, previous):
+    """A failed write (full disk, quota, permissions) as one line without the staging file's temporary name."""
+    if isinstance(e, OSError):
+        kept = "the previous checkpoint is unharmed" if previous is not None else "nothing was saved"
+        raise UserError(f"cannot save a checkpoint in {out_dir}: {e.strerror or type(e).__name__}; {kept}") from None
+    raise e
 
 
 # ------------------------------------------------------------------ reading
@@ -220,19 +228,28 @@ def config_from(ckpt, **overrides):
 
 
 def build_model(ckpt, **overrides):
-    """A GPT holding the checkpoint's weights; overrides as in config_from."""
-    model = GPT(config_from(ckpt, **overrides))
-    expected = model.shapes
+    """A GPT holding the checkpoint's weights; overrides as in config_from.
+
+    The weights are checked against the config's shapes before the model is
+    allocated, so a crafted config (n_embd 10**9) cannot make npgpt allocate
+    more than the weights file itself holds.
+    """
+    config = config_from(ckpt, **overrides)
+    if config.n_layer > len(ckpt.params):  # each layer has several weights: don't list 10**9 layers' names
+        raise UserError(f"corrupt checkpoint: {ckpt.path} config says n_layer {config.n_layer}, but the weights "
+                        f"file holds only {len(ckpt.params)} arrays")
+    expected = param_shapes(config)
     if set(ckpt.params) != set(expected):
         missing = sorted(set(expected) - set(ckpt.params))
         extra = sorted(set(ckpt.params) - set(expected))
         raise UserError(f"corrupt checkpoint: {ckpt.path} weights do not match its config "
                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, shape in expected.items():
+        if ckpt.params[name].shape != shape:
+            raise UserError(f"corrupt checkpoint: {name} has shape {ckpt.params[name].shape}, config says {shape}")
+    model = GPT(config)
     for name, p in model.params.items():
-        w = ckpt.params[name]
-        if w.shape != p.shape:
-            raise UserError(f"corrupt checkpoint: {name} has shape {w.shape}, config says {p.shape}")
-        p[...] = w  # into the flat buffer's view: keeps the layout the optimizer relies on
+        p[...] = ckpt.params[name]  # into the flat buffer's view: keeps the layout the optimizer relies on
     return model
 
 
@@ -243,8 +260,8 @@ def load_model(out_dir, backend=None):
     ckpt = load(out_dir)
     model = build_model(ckpt, backend=backend)
     try:
-        tokenizer = from_dict(ckpt.tokenizer)
-    except (ValueError, KeyError, TypeError) as e:
+        tokenizer = from_dict(ckpt.tokenizer)  # a BPE split pattern is vetted here (tokenizers/split.py)
+    except (UserError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"corrupt checkpoint: bad tokenizer in {ckpt.path} ({e})") from None
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"corrupt checkpoint: tokenizer has {tokenizer.vocab_size} tokens, "

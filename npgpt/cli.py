@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("npgpt.pretrained", "write a checkpoint as a Hugging Face GPT-2 folder that transformers loads"),
     "bench": ("npgpt.bench", "training throughput, per-kernel time, MFU and peak memory (configs S, M, L)"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
+    "exercise": ("npgpt.exercises", "backprop exercises: write each layer's backward, check it with the gradcheck"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
 }
 

@@ -201,6 +201,8 @@ def check_sampling_args(args):
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if 0 < args.temperature < 1e-6:  # logits / 1e-310 overflow to inf; so small a temperature is greedy anyway
+        raise UserError(f"--temperature must be 0 (greedy) or at least 1e-06, got {args.temperature}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if not 0.0 < args.top_p <= 1.0:

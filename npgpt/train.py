@@ -32,10 +32,12 @@ import numpy as np
 from . import checkpoint, data, safeload
 from .errors import UserError
 from .evaluate import perplexity
+from .lock import lock_out_dir
 from .memory import keep_freed_memory
 from .model import GPT, GPTConfig
 from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
 from .parallel import DataParallel, choose_workers
+from .resources import check_training_run
 
 
 @dataclass(frozen=True)
@@ -491,6 +493,12 @@ def run(args):
     started = time.perf_counter()
     keep_freed_memory()  # each step's activations reuse the last step's pages (npgpt/memory.py)
     cfg, ckpt = resolve_settings(args)
+    check_training_run(cfg, ckpt.config["vocab_size"] if ckpt else cfg.vocab_size or 256)  # before allocating
+    with lock_out_dir(cfg.out):  # one run per --out (npgpt/lock.py); released even on kill -9
+        return _run_locked(args, cfg, ckpt, started)
+
+
+def _run_locked(args, cfg, ckpt, started):
     prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
     progress = not args.no_progress
     trainer = Trainer(cfg, ckpt, progress=progress)
