@@ -12,4 +12,6 @@ These are the functions a learner reads next to `docs/layers/<name>.md`;
 """
 from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, lora
 
-__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear", "lora"]
+# lora (a fine-tuning adapter, docs/layers/lora.md) is imported for the model but is not one of
+# GPT-2's own layers, which __all__ lists (and npgpt/exercises turns into exercises).
+__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear"]
