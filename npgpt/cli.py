@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("npgpt.train", "train a GPT (default: a character model on the bundled Tiny Shakespeare)"),
     "sample": ("npgpt.generate", "generate text from a checkpoint, streamed as it is sampled"),
     "eval": ("npgpt.evaluate", "loss, perplexity and bits per character of a checkpoint"),
+    "export": ("npgpt.pretrained", "write a checkpoint as a Hugging Face GPT-2 folder that transformers loads"),
     "bench": ("npgpt.bench", "training throughput, per-kernel time, MFU and peak memory (configs S, M, L)"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
     "exercise": ("npgpt.exercises", "backprop exercises: write each layer's backward, check it with the gradcheck"),

@@ -78,20 +78,25 @@ def forward_cached(model, idx, cache):
     t = idx.shape[1]
     if pos + t > cfg.block_size:
         raise ValueError(f"KV cache holds {cfg.block_size} positions; cannot add {t} after {pos}")
+    eps = cfg.layer_norm_epsilon
+
+    def linear(x, prefix):  # x @ w + b, plus the layer's LoRA adapter if it has one
+        out, _ = layers.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"))
+        if prefix + ".lora_a" in P:
+            out += layers.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], model.lora_scale)[0]
+        return out
+
     x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-        qkv, _ = layers.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, t, 3C)
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
+        qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
         a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
-        a, _ = layers.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
-        x = x + a
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, t, 4C)
-        h, _ = layers.gelu.forward(h)
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))
-        x = x + h
-    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+        x = x + linear(a, pre + "attn.c_proj")
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
+        h, _ = layers.gelu.forward(linear(h, pre + "mlp.c_fc"))  # (B, t, 4C)
+        x = x + linear(h, pre + "mlp.c_proj")
+    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
     cache.length = pos + t
     return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
 
@@ -205,7 +210,8 @@ def stream_text(tokenizer, prompt_ids, token_iter, write):
 
 # ------------------------------------------------------------------ the command
 def add_arguments(parser):
-    parser.add_argument("--ckpt", default="out", help="training output directory to sample from (default: out)")
+    parser.add_argument("--ckpt", default="out",
+                        help="training output directory, or a Hugging Face GPT-2 folder, to sample from (default: out)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy (default: 0.8)")
@@ -265,11 +271,12 @@ def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, see
 
 
 def run(args):
-    from .checkpoint import load_model
+    from .pretrained import load
 
     check_sampling_args(args)
     # generation runs the reference layers (with the KV cache) whatever the training backend was
-    model, tokenizer, _ = load_model(args.ckpt, backend="numpy")
+    loaded = load(args.ckpt, backend="numpy")
+    model, tokenizer = loaded.model, loaded.require_tokenizer("sampling")
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     print_samples(model, tokenizer, prompt_ids, args.num_samples, args.max_new_tokens, args.seed,
                   args.temperature, args.top_k, args.top_p)
