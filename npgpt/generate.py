@@ -1,7 +1,11 @@
 """Sampling from a trained model, with a KV cache, and `npgpt sample`.
 
-    for token in generate(model, prompt_ids, 500, rng, temperature=0.8, top_k=200):
-        ...   # one id at a time, as soon as it is drawn
+    >>> import npgpt
+    >>> model = npgpt.GPT(npgpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, backend="numpy"))
+    >>> ids = model.generate([1, 2, 3], 20, temperature=0.8, top_k=5, seed=0)   # all at once
+    >>> streamed = [int(token) for token in generate(model, [1, 2, 3], 20, 0, temperature=0.8, top_k=5)]
+    >>> streamed == list(ids[3:])      # one id at a time, as soon as it is drawn; the same ids
+    True
 
 Without a cache every new token re-runs the model over the whole context.
 With it, each layer keeps the keys and values of the positions it has
@@ -23,6 +27,7 @@ import numpy as np
 from . import layers
 from .errors import UserError
 from .layers.attention import merge_heads, split_heads
+from .seeding import as_generator
 
 
 # ------------------------------------------------------------------ the cache
@@ -109,7 +114,11 @@ def sample_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
     temperature 0 picks the most likely token.  top_k keeps the k most
     likely tokens; top_p keeps the smallest set of most likely tokens whose
     probability reaches p.  Exactly one uniform draw from rng per call
-    (none when greedy), so a seed fixes the whole sample.
+    (none when greedy), so a seed fixes the whole sample.  rng: a
+    Generator, an int seed or None (a fresh random one).
+
+    >>> sample_token([0.0, 5.0, 1.0], rng=0, temperature=0)
+    1
     """
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
@@ -126,15 +135,31 @@ def sample_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
         before = np.cumsum(sorted_probs) - sorted_probs  # mass of the tokens ranked above each one
         sorted_probs = np.where(before < top_p, sorted_probs, 0.0)  # the first token always stays
     cdf = np.cumsum(sorted_probs)
-    u = rng.random() * cdf[-1]
+    u = as_generator(rng).random() * cdf[-1]
     return int(order[min(np.searchsorted(cdf, u, side="right"), order.size - 1)])
 
 
-def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-    """Yield max_new_tokens token ids continuing prompt_ids (a non-empty list of ids)."""
+def check_sampling(max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+    """ValueError naming the first invalid sampling setting (top_k/top_p None: off)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be None (off) or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float, np.floating)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None (off) or in (0, 1], got {top_p!r}")
+
+
+def generate(model, prompt_ids, max_new_tokens, rng=None, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Yield max_new_tokens token ids continuing prompt_ids (a non-empty list of ids).
+
+    rng: a Generator (its stream advances), an int seed, or None (random).
+    """
     tokens = [int(i) for i in prompt_ids]
     if not tokens:
         raise ValueError("generation needs a prompt of at least one token")
+    rng = as_generator(rng)
     block_size = model.config.block_size
     start = max(0, len(tokens) - block_size)
     cache = KVCache(model.config, 1, model.dtype) if use_cache else None
@@ -195,6 +220,8 @@ def check_sampling_args(args):
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if 0 < args.temperature < 1e-6:  # logits / 1e-310 overflow to inf; so small a temperature is greedy anyway
+        raise UserError(f"--temperature must be 0 (greedy) or at least 1e-06, got {args.temperature}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if not 0.0 < args.top_p <= 1.0:

@@ -9,7 +9,12 @@ mlp = c_fc (C -> 4C), GELU, c_proj (4C -> C).  The LM head reuses
 Parameters are named as in Hugging Face's GPT-2 and live as views into one
 flat float buffer (`model.flat_params`), like llm.c's ParameterTensors:
 the optimizer, gradient clipping and checkpoints then each work on a
-single array.
+single array.  Gradients have the same layout (`Gradients`).
+
+To read the model's math in one sitting, start with npgpt/reference.py:
+the same forward and backward in the plain layers, without the fused-kernel
+branches, dropout and buffers this file adds for speed.  GPT's docstring
+shows the public methods at work.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -17,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import layers
+from .seeding import as_generator
 
 BACKENDS = ("numpy", "numba")
 
@@ -92,6 +98,19 @@ def views_into(flat, shapes):
     return views
 
 
+class Gradients(dict):
+    """{name: gradient} views into one flat buffer `.flat` (num_params,), laid out like model.params.
+
+    model.backward and model.loss_and_grad return it; AdamW.step takes it
+    (or its .flat).  Being a dict, it reads like the parameters:
+    grads["wte.weight"] has wte's shape.
+    """
+
+    def __init__(self, flat, shapes):
+        super().__init__(views_into(flat, shapes))
+        self.flat = flat
+
+
 def get_backend(name):
     """The module namespace whose submodules implement the layer contract."""
     if name == "numba":
@@ -104,12 +123,27 @@ def get_backend(name):
 class GPT:
     """A GPT-2 language model with hand-written backward passes.
 
-    model = GPT(GPTConfig(...), seed=0)
-    loss, cache = model.forward(idx, targets)   # idx, targets (B, T) ints
-    grads = model.backward(cache)               # {name: array shaped like params[name]}
+    >>> model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dtype="float64"), seed=0)
+    >>> idx = np.arange(16).reshape(2, 8) % 11
+    >>> targets = (idx + 1) % 11
+    >>> loss, grads = model.loss_and_grad(idx, targets)  # idx, targets (B, T) ints; grads: Gradients
+    >>> loss2, cache = model.forward(idx, targets)       # the same in two halves, one batch in one piece
+    >>> grads2 = model.backward(cache)                   # {name: array shaped like params[name]}, .flat
+    >>> bool(np.isclose(loss, loss2)), bool(np.allclose(grads.flat, grads2.flat))
+    (True, True)
+    >>> grads["h.0.mlp.c_fc.weight"].shape, grads.flat.shape == model.flat_params.shape
+    ((8, 32), True)
+    >>> model.generate([[1, 2], [3, 4]], max_new_tokens=5, temperature=0.8, top_k=3, seed=0).shape
+    (2, 7)
+    >>> model.generate([1, 2, 3], max_new_tokens=4, seed=0).shape   # one prompt: 1-D, prompt included
+    (7,)
+
+    workers: data-parallel threads for loss_and_grad (numba backend): None
+    chooses like `npgpt train` (npgpt.parallel.choose_workers), 1 runs each
+    batch in one piece; settable later as `model.workers`.
     """
 
-    def __init__(self, config, seed=0):
+    def __init__(self, config, seed=0, workers=None):
         self.config = config
         self.dtype = np.dtype(config.dtype)
         self.shapes = param_shapes(config)
@@ -120,7 +154,13 @@ class GPT:
         # The numba kernels also offer fused variants (bias inside GELU, in-place
         # buffers); the model takes them where noted, the reference path stays plain.
         self.fused = config.backend == "numba"
+        self.workers = workers
+        self._parallel = None  # a npgpt.parallel.DataParallel, made on first use
         self._init_weights(np.random.default_rng(seed))
+        if self.fused:
+            from .firstrun import announce_compile_once
+
+            announce_compile_once()
 
     def _init_weights(self, rng):
         """GPT-2's init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)).
@@ -222,10 +262,12 @@ class GPT:
     def forward(self, idx, targets, rng=None, label_smoothing=0.0, ignore_index=-1):
         """idx, targets (B, T) ints -> (scalar loss, cache).
 
-        rng: a np.random.Generator turns dropout on (training); None is
-        evaluation mode.  The loss is the mean cross-entropy over targets
-        that are not ignore_index.
+        rng: a np.random.Generator (or an int seed) turns dropout on
+        (training); None is evaluation mode.  The loss is the mean
+        cross-entropy over targets that are not ignore_index.
         """
+        if rng is not None:
+            rng = as_generator(rng)
         idx = self._check_idx(idx)
         self._check_tokens(idx, self.config.vocab_size)
         targets = self._check_targets(targets, idx, ignore_index)
@@ -252,8 +294,7 @@ class GPT:
         ops, P, cfg = self.ops, self.params, self.config
         if not cache:
             raise ValueError("this forward cache was already used by a backward")
-        flat = np.zeros(self.num_params, self.dtype) if out is None else out
-        G = views_into(flat, self.shapes)
+        G = Gradients(self._gradient_buffer(out), self.shapes)
         caches = list(cache)
         if self.fused:
             cache.clear()  # from here on `caches` holds the only references
@@ -304,6 +345,100 @@ class GPT:
             G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
             G["wpe.weight"][...] = dwpe
         return G
+
+    def _gradient_buffer(self, out):
+        """out: None (a new buffer), a Gradients or a flat (num_params,) array of the model's dtype."""
+        if out is None:
+            return np.zeros(self.num_params, self.dtype)
+        if isinstance(out, Gradients):
+            out = out.flat
+        if (not isinstance(out, np.ndarray) or out.shape != (self.num_params,) or out.dtype != self.dtype
+                or not out.flags.c_contiguous):
+            raise ValueError(f"the gradient buffer must be a Gradients or a contiguous ({self.num_params},) "
+                             f"{self.dtype} array, got {type(out).__name__} {getattr(out, 'shape', '')}")
+        return out
+
+    # ------------------------------------------------------- the public loop API
+    def loss_and_grad(self, idx, targets, grads=None, rng=None, label_smoothing=0.0, ignore_index=-1):
+        """idx, targets (B, T) ints -> (mean loss, Gradients): one training step's forward and backward.
+
+        grads: a Gradients (or flat buffer) to write into, reused across
+        steps; a new one when None.  rng: a Generator or int seed turns
+        dropout on.  With the numba backend the batch is split across
+        data-parallel workers as `npgpt train` does (see `workers`); the
+        result equals one forward + backward of the whole batch up to float
+        rounding.
+        """
+        buffer = self._gradient_buffer(grads)
+        grads = grads if isinstance(grads, Gradients) else Gradients(buffer, self.shapes)
+        if rng is not None:
+            rng = as_generator(rng)
+        idx = self._check_idx(idx)
+        parallel = self._data_parallel(idx.shape[0])
+        if parallel is not None:
+            self._check_tokens(idx, self.config.vocab_size)
+            self._check_targets(targets, idx, ignore_index)
+            loss = parallel.loss_and_grad(idx, np.asarray(targets), grads.flat, rng=rng,
+                                          label_smoothing=label_smoothing, ignore_index=ignore_index)
+            return loss, grads
+        loss, cache = self.forward(idx, targets, rng=rng, label_smoothing=label_smoothing,
+                                   ignore_index=ignore_index)
+        self.backward(cache, out=grads.flat)
+        return loss, grads
+
+    def _data_parallel(self, batch_size):
+        """The DataParallel that loss_and_grad uses for this batch size, or None for one piece."""
+        if self.config.backend != "numba" or batch_size < 2:
+            return None
+        from .parallel import DataParallel, choose_workers
+
+        workers = choose_workers(self, batch_size) if self.workers is None else int(self.workers)
+        if workers < 1:
+            raise ValueError(f"model.workers must be None (automatic) or >= 1, got {self.workers!r}")
+        if workers == 1:
+            return None
+        if self._parallel is None or self._parallel.workers != workers:
+            if self._parallel is not None:
+                self._parallel.close()
+            self._parallel = DataParallel(self, workers)
+        return self._parallel
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """Continue each prompt by max_new_tokens sampled ids, with the KV cache.
+
+        idx: (B, T) prompt ids, or a 1-D list/array of one prompt's ids.
+        Returns the prompts with their continuations: (B, T + max_new_tokens),
+        or 1-D for a 1-D prompt.  temperature 0 is greedy; top_k keeps the k
+        most likely tokens, top_p the smallest set reaching probability p.
+        seed: None (random), an int, or a np.random.Generator.
+        """
+        from .generate import check_sampling, generate
+
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        prompts = np.asarray(idx)
+        one_prompt = prompts.ndim == 1
+        prompts = prompts[None, :] if one_prompt else prompts
+        if prompts.ndim != 2 or prompts.size == 0 or prompts.dtype.kind not in "iu":
+            raise ValueError(f"idx must be a non-empty 1-D or (B, T) array of token ids, got shape {prompts.shape}")
+        self._check_tokens(prompts, self.config.vocab_size)
+        rng = as_generator(seed)
+        rows = [list(row) + list(generate(self, row, max_new_tokens, rng, temperature, top_k, top_p))
+                for row in prompts]
+        out = np.array(rows, dtype=np.int64)
+        return out[0] if one_prompt else out
+
+    def attention_maps(self, idx):
+        """Every head's attention probabilities: idx (B, T) -> (n_layer, B, nh, T, T); 1-D idx (T,) ->
+        (n_layer, nh, T, T).  Row t of a map is how query t spreads its attention over keys 0..t."""
+        from . import reference
+
+        prompts = np.asarray(idx)
+        one_prompt = prompts.ndim == 1
+        prompts = self._check_idx(prompts[None, :] if one_prompt else prompts)
+        self._check_tokens(prompts, self.config.vocab_size)
+        _, _, cache = reference.forward(self.params, self.config, prompts)
+        maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        return maps[:, 0] if one_prompt else maps
 
     def _linear_backward(self, dout, cache, dw, db):
         """A linear layer's backward -> dx; its weight and bias gradients land in
