@@ -2,6 +2,7 @@
 
     npgpt seq2seq train --task reverse --out out-rev            # a synthetic task: copy | reverse | sort | add
     npgpt seq2seq train --data pairs.tsv --out out-mt           # one source<TAB>target per line
+    npgpt seq2seq train --resume out-mt --max-iters 6000        # continue exactly where it stopped
     npgpt seq2seq translate --ckpt out-rev --text "hgfedcba" --beam 4
     npgpt seq2seq eval --ckpt out-rev --task reverse            # exact match, token accuracy, BLEU
 
@@ -10,7 +11,14 @@ task object (/work/wt/TASK_PROTOCOL.md): `Seq2SeqTask` below says how a
 batch is drawn, what the loss is and which metrics are reported; the
 Trainer owns the optimizer, schedule, clipping, progress bar, metrics.jsonl,
 checkpoints and resume.  `run_training` is the one place that hands the
-task over.
+task over, holding the --out lock (npgpt/lock.py) as `npgpt train` does.
+
+Settings (SETTINGS below) come from the defaults, then `--config
+FILE.toml`, then the flags.  Every checkpoint keeps them (the task's
+"settings" in state.json), so `--resume OUT` rebuilds the same model,
+tokenizer and data, restores the Trainer's optimizer, schedule and RNG
+states, and continues bit for bit as if the run had never stopped; only
+RUN_SETTINGS may change on resume.
 """
 import argparse
 import math
