@@ -238,8 +238,11 @@ def load_checkpoint(out_dir, which="latest"):
     return checkpoint.load(out_dir, which, kind="seq2seq", config_schema=_config_schema())
 
 
-def model_from_checkpoint(ckpt, backend=None):
-    """(Seq2Seq holding the checkpoint's weights, PairTokenizer) of a loaded Checkpoint."""
+def model_from_checkpoint(ckpt, backend=None, batch_size=None):
+    """(Seq2Seq holding the checkpoint's weights, PairTokenizer) of a loaded Checkpoint.
+
+    batch_size: a run is about to train it; its memory is checked before the model is allocated.
+    """
     try:
         cfg = TransformerConfig(**{**ckpt.config, **({"backend": backend} if backend else {})})
     except (TypeError, ValueError) as e:
@@ -252,6 +255,8 @@ def model_from_checkpoint(ckpt, backend=None):
     for name, shape in expected.items():
         if ckpt.params[name].shape != tuple(shape):
             raise UserError(f"corrupt checkpoint: {name} has shape {ckpt.params[name].shape}, config says {shape}")
+    if batch_size is not None:
+        check_memory(cfg, batch_size)
     model = Seq2Seq(cfg)
     for name, p in model.params.items():
         p[...] = ckpt.params[name]  # into the flat buffer's view: keeps the layout the optimizer relies on
@@ -279,7 +284,7 @@ def build_task(args, ckpt=None):
         raise UserError("give either --task copy|reverse|sort|add or --data PAIRS.tsv")
     model = tokenizer = None
     if ckpt is not None:
-        model, tokenizer = model_from_checkpoint(ckpt, args.backend)
+        model, tokenizer = model_from_checkpoint(ckpt, args.backend, args.batch_size)
     options = {}
     if args.task is not None:
         options = ({"digits": args.digits} if args.task == "add"
@@ -479,6 +484,8 @@ def add_arguments(parser):
             kwargs["type"] = kind
         if name in SETTING_CHOICES:
             kwargs["choices"] = SETTING_CHOICES[name]
+        if name in ("data", "val_data"):
+            kwargs["metavar"] = "PAIRS.tsv"
         groups[group].add_argument(flag, **kwargs)
 
     for name, help_text in (("translate", "translate text with a trained seq2seq checkpoint"),

@@ -338,3 +338,11 @@ def test_memory_precheck_refuses_a_run_that_cannot_fit(tmp_path, capsys, monkeyp
     assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--n-embd", "1024", "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more than the 200.0 MB available" in err, err
+    assert not os.path.exists(out)  # refused before anything was written
+    # a resumed run is checked too, before its model is allocated
+    monkeypatch.setattr(resources, "available_memory", lambda: None)  # unknown: no check
+    assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--max-iters", "2", "--out", out]) == 0
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
+    capsys.readouterr()
+    assert main(["seq2seq", "train", "--resume", out, "--max-iters", "4"]) == 2
+    assert "more than the 1.0 MB available" in capsys.readouterr().err
