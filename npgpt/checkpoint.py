@@ -244,12 +244,19 @@ def _locate(out_dir, which):
     return out_dir, POINTER, pointer
 
 
-def load(out_dir, which="latest"):
+def model_kind(config):
+    """What kind of model a config.json describes: its "model" field; GPT configs have none ("gpt")."""
+    return config.get("model", "gpt")
+
+
+def load(out_dir, which="latest", kind="gpt", config_schema=CONFIG_SCHEMA):
     """Read a snapshot of out_dir (a training output directory) into a Checkpoint.
 
     which: "latest" (what checkpoint.json names: resuming) or "best" (the
     best-validation snapshot when best.json names one other than the
     latest, else the latest).  out_dir may also be a pointer file itself.
+    kind: the model the caller builds ("gpt", or "seq2seq" with that
+    model's config_schema); a checkpoint of another kind gets one line.
     """
     out_dir, pointer_name, pointer = _locate(out_dir, which)
     snapshot = os.path.join(out_dir, pointer["snapshot"])
@@ -263,7 +270,11 @@ def load(out_dir, which="latest"):
     def read(name):
         return _read_verified(snapshot, name, hashes)
 
-    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"), CONFIG_SCHEMA)
+    config_path = os.path.join(snapshot, "config.json")
+    config = _load_json(read("config.json"), config_path, Obj({}))
+    if model_kind(config) != kind:
+        raise UserError(f"{out_dir} holds a {model_kind(config)!s:.40} model, not a {kind} model")
+    config = _load_json(read("config.json"), config_path, config_schema)
     tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"), TOKENIZER_SCHEMA)
     state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"), STATE_SCHEMA)
     params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))
