@@ -24,7 +24,7 @@ branches, dropout and buffers this file adds for speed.  GPT's docstring
 shows the public methods at work.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -623,8 +623,16 @@ class GPT:
         one_prompt = prompts.ndim == 1
         prompts = self._check_idx(prompts[None, :] if one_prompt else prompts)
         self._check_tokens(prompts, self.config.vocab_size)
-        _, _, cache = reference.forward(self.params, self.config, prompts)
-        maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        if self.config.norm == "pre" and self.config.positions == "learned":
+            _, _, cache = reference.forward(self.params, self.config, prompts)
+            maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        else:  # npgpt.reference is GPT-2's arrangement only: run these blocks on the reference layers,
+            twin = GPT(replace(self.config, backend="numpy"), init_weights=False)  # whose caches keep the probs
+            twin.flat_params[...] = self.flat_params
+            caches = []
+            twin._hidden(prompts, None, caches)
+            blocks = caches[2:2 + self.config.n_layer]
+            maps = np.stack([c_att[3] for (_, _, c_att, *_) in blocks])  # attention's cache: (q, k, v, probs, scale)
         return maps[:, 0] if one_prompt else maps
 
     def _linear_backward(self, dout, cache, dw, db, dlora=None):
