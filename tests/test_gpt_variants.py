@@ -241,6 +241,13 @@ def test_train_resume_sample_and_export_refusal(tmp_path, capsys):
 
     status, err = run_cli(capsys, "train", "--resume", tmp_path / "split", "--norm", "pre", "--max-iters", 9)
     assert_one_line_error(status, err, "norm=post")
+    status, err = run_cli(capsys, "train", "--data", data, "--init-from", tmp_path / "split", "--norm", "pre",
+                          "--out", tmp_path / "tuned")
+    assert_one_line_error(status, err, "norm=post")
+    assert train("--data", data, "--init-from", tmp_path / "split", "--out", tmp_path / "tuned", "--max-iters", 2) == 0
+    tuned, _, _ = checkpoint.load_model(str(tmp_path / "tuned"))
+    assert (tuned.config.norm, tuned.config.positions) == ("post", "sinusoidal")
+
     status, err = run_cli(capsys, "export", "--ckpt", tmp_path / "split", "--to", tmp_path / "hf")
     assert_one_line_error(status, err, "norm=post, positions=sinusoidal", "GPT-2 folder")
     assert not (tmp_path / "hf" / "model.safetensors").exists()
