@@ -345,8 +345,10 @@ class GPT:
         return self.params["wpe.weight"] if self.position_table is None else self.position_table
 
     def _layernorm(self, x, prefix):
+        """x (B, T, C) -> the layer norm named prefix applied to it, and its cache."""
         P = self.params
-        return self.ops.layernorm.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"), self.config.layer_norm_epsilon)
+        eps = self.config.layer_norm_epsilon
+        return self.ops.layernorm.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"), eps)
 
     def _residual(self, x, ln, branch):
         """One sub-layer in its residual connection: x (B, T, C) -> (out (B, T, C), ln's cache, branch's cache).
