@@ -43,8 +43,8 @@ import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
-from .model import GPT, GPTConfig, param_shapes
-from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
+from .model import GPT, NORMS, POSITIONS, GPTConfig, param_shapes
+from .safeload import Const, Float, Int, Map, Obj, OneOf, load_json, parse_json
 
 POINTER = "checkpoint.json"
 BEST_POINTER = "best.json"
@@ -59,7 +59,8 @@ POINTER_SCHEMA = Obj({"format": Const(FORMAT), "version": Const(VERSION), "snaps
 STATE_SCHEMA = Obj({}, optional={"iter": Int(min=0)})
 CONFIG_SCHEMA = Obj({"vocab_size": Int(min=1), "block_size": Int(min=1), "n_layer": Int(min=1),
                      "n_head": Int(min=1), "n_embd": Int(min=1)},
-                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str})
+                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str,
+                              "norm": OneOf(*NORMS), "positions": OneOf(*POSITIONS)})  # absent: pre, learned
 TOKENIZER_SCHEMA = Obj({})
 
 

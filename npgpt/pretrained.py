@@ -500,6 +500,9 @@ def export_params(model, merge_lora=True):
     from .layers import lora
 
     cfg, P = model.config, model.params
+    if cfg.norm != "pre" or cfg.positions != "learned":
+        raise UserError(f"this model has norm={cfg.norm}, positions={cfg.positions}; a GPT-2 folder can only hold "
+                        f"norm=pre, positions=learned (keep it as an npgpt checkpoint)")
     if cfg.lora_rank and not merge_lora:
         raise UserError("this model has LoRA adapters, which a GPT-2 folder cannot hold unmerged; "
                         "export with merge_lora=True (npgpt export --merge-lora)")
