@@ -28,8 +28,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Pages with marked outputs.
-PAGES = ["docs/layers/attention.md", "docs/gradcheck.md", "docs/exercises.md", "docs/layers/lora.md",
-         "docs/pretrained.md"]
+PAGES = ["docs/layers/linear.md", "docs/layers/layernorm.md", "docs/layers/gelu.md", "docs/layers/attention.md",
+         "docs/layers/cross_entropy.md", "docs/layers/embedding.md", "docs/layers/dropout.md", "docs/layers/lora.md",
+         "docs/gradcheck.md", "docs/exercises.md", "docs/pretrained.md"]
 
 MARKER = re.compile(r"<!-- output: ([\w-]+) -->\n```\n(.*?)```\n", re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```\n", re.S)
