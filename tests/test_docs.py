@@ -21,3 +21,26 @@ def test_a_stale_block_is_detected():
 def test_every_page_has_marked_outputs():
     for page in regen.PAGES:
         assert "<!-- output: " in (ROOT / page).read_text(encoding="utf-8"), page
+
+
+def readme_python_block(heading):
+    """The first ```python block under README.md's `## heading`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(f"## {heading}\n"):]
+    return regen.PYTHON_BLOCK.search(section).group(1)
+
+
+def test_readme_python_loop_runs(tmp_path, monkeypatch, capsys):
+    import math
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # the block writes my-model/
+    namespace = {"__name__": "__readme__"}
+    exec(compile(readme_python_block("Use it from Python"), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    loss = float(printed[0].split()[1])
+    assert loss < math.log(namespace["tok"].vocab_size) - 1.0, printed  # it learned
+    assert printed[1].startswith("ROMEO:")
+    idx = np.array([namespace["tok"].encode("ROMEO: But soft")])
+    np.testing.assert_allclose(namespace["same"].logits(idx), namespace["model"].logits(idx), rtol=1e-5, atol=1e-5)
