@@ -10,11 +10,14 @@ Runs, from the repository's own npgpt,
 (every other setting at its default: Tiny Shakespeare, 4 x 4 x 128, 2000
 steps), then redraws the run's figures from OUT's logs with npgpt.plot, the
 code behind `npgpt plot` and `--plot`, and writes them into
-docs/figures/training/.  The figures are drawn at a lower resolution than
-`npgpt plot`'s (DPI below) to keep the repository small.  With --reuse and a
-finished run in OUT, nothing is trained.
+docs/figures/training/.  To keep the repository small they are drawn at a
+lower resolution than `npgpt plot`'s (DPI below) and stored with a palette
+of COLORS colours (Pillow, which matplotlib depends on): a third of the
+bytes, no visible change.  With --reuse and a finished run in OUT, nothing
+is trained.
 """
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -27,6 +30,16 @@ from npgpt import checkpoint, plot  # noqa: E402
 TARGET = os.path.join(ROOT, "docs", "figures", "training")
 FIGURES = ("loss", "lr", "grad_norm", "update_ratio", "activations")
 DPI = 72
+COLORS = 64
+
+
+def small_png(fig):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(plot.png_bytes(fig, dpi=DPI))).convert("RGB")
+    buffer = io.BytesIO()
+    image.quantize(colors=COLORS, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def train(out):
@@ -53,7 +66,7 @@ def main():
     for name in FIGURES:
         path = os.path.join(TARGET, name + ".png")
         with open(path, "wb") as f:
-            f.write(plot.png_bytes(figures[name], dpi=DPI))
+            f.write(small_png(figures[name]))
         print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path) // 1024} KB)")
 
 
