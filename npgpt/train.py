@@ -17,8 +17,13 @@ does everything else, the same way for all of them:
 - every log_interval iterations a record in OUT/steps.jsonl (loss, lr,
   gradient norm and clipping, ms per step, tokens/s, MFU), after a header
   naming the run's settings, versions, CPU and git revision;
+- every stats_interval iterations (off by default) a "stats" record in the
+  step log: per-tensor update ratios and per-layer activation statistics
+  (npgpt/observe.py), read from the step's own arrays;
 - every eval_interval iterations the task's evaluation, a line in
   OUT/metrics.jsonl, and a checkpoint when the validation loss improved;
+  with --plot the figures OUT/plots/*.png and OUT/report.html redrawn
+  (npgpt/plot.py); with --tensorboard every record also goes to TensorBoard;
   OUT/best.json names the best-validation snapshot, checkpoint.json the
   latest (npgpt/checkpoint.py);
 - at the end (or on Ctrl-C / SIGTERM) a final checkpoint; resuming it is
@@ -693,9 +698,8 @@ class Trainer:
     def update(self, lr):
         """Clip self.grad in place and apply one AdamW step at lr -> the gradient norm before clipping.
 
-        The place for per-tensor statistics of the update (issue 15 part 2): copy
-        model.flat_params before this call; after it, self.grad is the clipped gradient
-        and the difference of the parameters is the update actually applied.
+        After it, self.grad is the clipped gradient and the change of model.flat_params is
+        the update actually applied, which is what a stats step records (_step_with_stats).
         """
         try:
             return self.optimizer.step(self.grad, lr)
