@@ -78,20 +78,37 @@ def forward_cached(model, idx, cache):
     t = idx.shape[1]
     if pos + t > cfg.block_size:
         raise ValueError(f"KV cache holds {cfg.block_size} positions; cannot add {t} after {pos}")
-    x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
+    eps = cfg.layer_norm_epsilon
+
+    def linear(x, prefix):  # x @ w + b, plus the layer's LoRA adapter if it has one
+        out, _ = layers.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"))
+        if prefix + ".lora_a" in P:
+            out += layers.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], model.lora_scale)[0]
+        return out
+
+    x, _ = layers.embedding.forward(idx, P["wte.weight"], model._position_rows()[pos:])  # (B, t, C) at positions pos..
+    post = cfg.norm == "post"
+
+    def layernorm(x, prefix):
+        return layers.layernorm.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"), eps)[0]
+
+    def residual(x, ln, branch):  # pre (GPT-2): x + f(ln(x));  post (the paper): ln(x + f(x))
+        return layernorm(x + branch(x), ln) if post else x + branch(layernorm(x, ln))
+
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-        qkv, _ = layers.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, t, 3C)
-        a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
-        a, _ = layers.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
-        x = x + a
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, t, 4C)
-        h, _ = layers.gelu.forward(h)
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))
-        x = x + h
-    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+
+        def attention(h):  # (B, t, C) -> (B, t, C), earlier positions' keys and values read from the cache
+            qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
+            return linear(cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos), pre + "attn.c_proj")
+
+        def mlp(h):  # (B, t, C) -> (B, t, 4C) -> (B, t, C)
+            return linear(layers.gelu.forward(linear(h, pre + "mlp.c_fc"))[0], pre + "mlp.c_proj")
+
+        x = residual(x, pre + "ln_1", attention)
+        x = residual(x, pre + "ln_2", mlp)
+    if not post:  # post-LN has no ln_f: the last block ends in its ln_2
+        x = layernorm(x, "ln_f")
     cache.length = pos + t
     return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
 
@@ -205,7 +222,8 @@ def stream_text(tokenizer, prompt_ids, token_iter, write):
 
 # ------------------------------------------------------------------ the command
 def add_arguments(parser):
-    parser.add_argument("--ckpt", default="out", help="training output directory to sample from (default: out)")
+    parser.add_argument("--ckpt", default="out",
+                        help="training output directory, or a Hugging Face GPT-2 folder, to sample from (default: out)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy (default: 0.8)")
@@ -265,11 +283,12 @@ def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, see
 
 
 def run(args):
-    from .checkpoint import load_model
+    from .pretrained import load
 
     check_sampling_args(args)
     # generation runs the reference layers (with the KV cache) whatever the training backend was
-    model, tokenizer, _ = load_model(args.ckpt, backend="numpy")
+    loaded = load(args.ckpt, backend="numpy")
+    model, tokenizer = loaded.model, loaded.require_tokenizer("sampling")
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     print_samples(model, tokenizer, prompt_ids, args.num_samples, args.max_new_tokens, args.seed,
                   args.temperature, args.top_k, args.top_p)

@@ -85,12 +85,14 @@ def _require_npgpt_checkpoint(path):
 
 
 def initial_model_settings(path):
-    """The TrainConfig fields the model at `path` fixes: n_layer, n_head, n_embd, bias, block_size
-    (its maximum context), tokenizer and vocab_size."""
+    """The TrainConfig fields the model at `path` fixes: n_layer, n_head, n_embd, bias, norm, positions,
+    block_size (its maximum context), tokenizer and vocab_size."""
     _require_npgpt_checkpoint(path)
     config, tokenizer = checkpoint.load_description(path, which="best")
     settings = {name: config[name] for name in ("n_layer", "n_head", "n_embd", "block_size")}
     settings["bias"] = config.get("bias", True)
+    settings["norm"] = config.get("norm", "pre")
+    settings["positions"] = config.get("positions", "learned")
     if tokenizer.get("type") == "char":
         settings.update(tokenizer="char", vocab_size=None)
     else:
@@ -156,7 +158,8 @@ class LanguageModelingTask:
         if self.model is None:
             model_config = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size,
                                      n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=cfg.backend)
+                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=cfg.backend,
+                                     norm=cfg.norm, positions=cfg.positions)
             self.model = GPT(model_config, seed=cfg.seed)
         self.cfg = cfg
         self.parallel = None

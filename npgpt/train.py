@@ -56,7 +56,7 @@ from .errors import UserError
 from .evaluate import perplexity
 from .lock import lock_out_dir
 from .memory import keep_freed_memory
-from .model import GPTConfig, views_into
+from .model import NORMS, POSITIONS, GPTConfig, views_into
 from .optim import SCHEDULES, AdamW, kernels_for, make_schedule
 from .parallel import choose_workers
 from .resources import check_training_run
@@ -81,6 +81,8 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 128
     bias: bool = True  # biases in linear and layer-norm layers, as GPT-2
+    norm: str = "pre"  # layer norm placement: pre (GPT-2) or post (the Transformer paper); docs/model.md
+    positions: str = "learned"  # learned (GPT-2's wpe) or sinusoidal (the paper's fixed table)
     dropout: float = 0.0
     label_smoothing: float = 0.0
     lr: float = 1e-3
@@ -120,7 +122,7 @@ FINETUNE_MAX_BLOCK = 256  # default context when fine-tuning: the model's, at mo
 
 
 # Settings that define the model: a resumed run may not change them.
-MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype")
+MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype", "norm", "positions")
 
 HELP = {
     "out": "output directory for checkpoints and metrics.jsonl",
@@ -134,6 +136,9 @@ HELP = {
     "n_head": "attention heads per block",
     "n_embd": "embedding width (divisible by --n-head)",
     "bias": "biases in linear and layer-norm layers (--no-bias: none, as nanoGPT's default)",
+    "norm": "layer norm before each sub-layer (pre, GPT-2) or after its residual sum (post, the Transformer "
+            "paper: needs warmup; docs/model.md)",
+    "positions": "learned position embeddings (GPT-2) or the fixed sinusoid table of the Transformer paper",
     "dropout": "dropout probability while training",
     "label_smoothing": "label smoothing of the training loss",
     "lr": "peak learning rate",
@@ -172,7 +177,7 @@ HELP = {
 }
 METAVARS = {"tensorboard": "DIR"}
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
-           "backend": ("numpy", "numba")}
+           "backend": ("numpy", "numba"), "norm": NORMS, "positions": POSITIONS}
 
 
 def _field_kind(f):

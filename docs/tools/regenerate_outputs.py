@@ -28,7 +28,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Pages with marked outputs.
-PAGES = ["docs/layers/attention.md", "docs/gradcheck.md", "docs/exercises.md"]
+PAGES = ["docs/layers/attention.md", "docs/gradcheck.md", "docs/exercises.md", "docs/layers/lora.md",
+         "docs/pretrained.md"]
 
 MARKER = re.compile(r"<!-- output: ([\w-]+) -->\n```\n(.*?)```\n", re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```\n", re.S)

@@ -10,6 +10,8 @@ floating-point array that `forward` took, in forward's argument order.
 These are the functions a learner reads next to `docs/layers/<name>.md`;
 `npgpt.kernels` holds faster Numba versions with the same signatures.
 """
-from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, lora
 
+# lora (a fine-tuning adapter, docs/layers/lora.md) is imported for the model but is not one of
+# GPT-2's own layers, which __all__ lists (and npgpt/exercises turns into exercises).
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear"]
