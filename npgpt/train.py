@@ -271,6 +271,9 @@ def validate(cfg):
         bad("lr_gamma", "in (0, 1]", cfg.lr_gamma)
     if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
         bad("lr_decay_iters", "a positive integer", cfg.lr_decay_iters)
+    if cfg.stats_interval and cfg.norm != "pre":  # npgpt.observe reads the pre-LN block's forward cache
+        raise UserError(f"--stats-interval needs --norm pre (the statistics of a --norm {cfg.norm} model are not "
+                        f"implemented)")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     if cfg.tokenizer == "char" and cfg.vocab_size is not None:

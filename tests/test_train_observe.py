@@ -112,11 +112,16 @@ def test_stats_off_creates_no_recorder_and_wraps_nothing(tmp_path, monkeypatch):
     assert [r["kind"] for r in read_log(tmp_path / "out")].count("stats") == 0
 
 
-def test_stats_interval_must_not_be_negative(tmp_path, capsys):
+def test_stats_interval_must_be_non_negative_and_on_a_pre_norm_model(tmp_path, capsys):
     data = write_corpus(tmp_path)
     assert train("--data", data, "--out", tmp_path / "out", "--stats-interval", -1) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["npgpt: error: --stats-interval must be >= 0, got -1"]
+    assert train("--data", data, "--out", tmp_path / "out", "--stats-interval", 2, "--norm", "post") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["npgpt: error: --stats-interval needs --norm pre (the statistics of a --norm post model are "
+                   "not implemented)"]
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()  # refused before training
 
 
 def test_a_failing_stats_step_unwraps_the_model(tmp_path):
