@@ -17,8 +17,13 @@ does everything else, the same way for all of them:
 - every log_interval iterations a record in OUT/steps.jsonl (loss, lr,
   gradient norm and clipping, ms per step, tokens/s, MFU), after a header
   naming the run's settings, versions, CPU and git revision;
+- every stats_interval iterations (off by default) a "stats" record in the
+  step log: per-tensor update ratios and per-layer activation statistics
+  (npgpt/observe.py), read from the step's own arrays;
 - every eval_interval iterations the task's evaluation, a line in
   OUT/metrics.jsonl, and a checkpoint when the validation loss improved;
+  with --plot the figures OUT/plots/*.png and OUT/report.html redrawn
+  (npgpt/plot.py); with --tensorboard every record also goes to TensorBoard;
   OUT/best.json names the best-validation snapshot, checkpoint.json the
   latest (npgpt/checkpoint.py);
 - at the end (or on Ctrl-C / SIGTERM) a final checkpoint; resuming it is
@@ -46,7 +51,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from . import checkpoint, safeload
+from . import checkpoint, observe, safeload
 from .errors import UserError
 from .evaluate import perplexity
 from .lock import lock_out_dir
@@ -104,6 +109,9 @@ class TrainConfig:
     log_interval: int = 10  # iterations per step-log record in OUT/steps.jsonl; 0: no step log
     skip_loss_z: float = 0.0  # skip an update whose loss z-score exceeds this; 0: never
     skip_grad_z: float = 0.0  # skip an update whose gradient-norm z-score exceeds this; 0: never
+    stats_interval: int = 0  # network statistics (npgpt/observe.py) every N iterations into OUT/steps.jsonl; 0: none
+    plot: bool = False  # refresh OUT/plots/*.png and OUT/report.html after each evaluation (npgpt/plot.py)
+    tensorboard: str | None = None  # also write every record as TensorBoard events into this directory
 
 
 # Fine-tuning defaults, used with --init-from for the settings the user did not give (docs/training.md):
@@ -162,7 +170,12 @@ HELP = {
                    "the last 128 steps' (0: never)",
     "skip_grad_z": "skip the update of a step whose gradient norm is more than this many standard deviations "
                    "above the last 128 steps' (0: never)",
+    "stats_interval": "write network statistics (per-tensor weight/gradient RMS and update:data ratio, per-layer "
+                      "activations) to OUT/steps.jsonl every N iterations (0: none; docs/observability.md)",
+    "plot": "refresh the figures OUT/plots/*.png and OUT/report.html after each evaluation (needs matplotlib)",
+    "tensorboard": "also write the run's records as TensorBoard event files into DIR (needs tensorboardX)",
 }
+METAVARS = {"tensorboard": "DIR"}
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
            "backend": ("numpy", "numba"), "norm": NORMS, "positions": POSITIONS}
 
@@ -193,6 +206,8 @@ def add_arguments(parser):
             del kwargs["type"]
         if name in CHOICES:
             kwargs["choices"] = CHOICES[name]
+        if name in METAVARS:
+            kwargs["metavar"] = METAVARS[name]
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
@@ -238,7 +253,8 @@ def validate(cfg):
                  "eval_interval", "eval_iters", "lr_step_every"):
         if getattr(cfg, name) < 1:
             bad(name, "a positive integer", getattr(cfg, name))
-    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers", "log_interval"):
+    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers", "log_interval",
+                 "stats_interval"):
         if getattr(cfg, name) < 0:
             bad(name, ">= 0", getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -255,6 +271,9 @@ def validate(cfg):
         bad("lr_gamma", "in (0, 1]", cfg.lr_gamma)
     if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
         bad("lr_decay_iters", "a positive integer", cfg.lr_decay_iters)
+    if cfg.stats_interval and cfg.norm != "pre":  # npgpt.observe reads the pre-LN block's forward cache
+        raise UserError(f"--stats-interval needs --norm pre (the statistics of a --norm {cfg.norm} model are not "
+                        f"implemented)")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     if cfg.tokenizer == "char" and cfg.vocab_size is not None:
@@ -272,7 +291,7 @@ def resolve_settings(args):
     given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     from_file = read_toml(args.config) if args.config else {}
     requested = {**from_file, **given}
-    for name in ("data", "init_from"):
+    for name in ("data", "init_from", "tensorboard"):
         if requested.get(name) is not None:
             requested[name] = os.path.abspath(requested[name])  # a checkpoint must find it from anywhere
     ckpt = None
@@ -478,10 +497,13 @@ class Trainer:
     cfg: the run's settings (a TrainConfig, or anything with its loop fields).
     task: see npgpt/tasks.py; it owns the model, the data and the metrics.
     ckpt: a checkpoint being resumed (the task has already read its model from it).
+    plotter: an npgpt.plot.Refresher asked to redraw after each evaluation (--plot), or None.
+    tensorboard: an npgpt.tensorboard.TensorBoardLogger given every record written (--tensorboard), or None.
     """
 
-    def __init__(self, cfg, task, ckpt=None, progress=True, out=None):
+    def __init__(self, cfg, task, ckpt=None, progress=True, out=None, plotter=None, tensorboard=None):
         self.task, self.progress, self.out = task, progress, out or sys.stdout
+        self.plotter, self.tensorboard = plotter, tensorboard
         self.model = model = task.model
         if cfg.workers == 0:
             # Fixed at the start and saved, like lr_decay_iters: the number of shards
@@ -503,6 +525,9 @@ class Trainer:
         flops = getattr(task, "flops_per_batch", None)
         self.flops_per_iter = None if flops is None else flops * cfg.grad_accum
         self._global_norm = kernels_for(model.config.backend)[1]
+        # --stats-interval: None when off, so that an ordinary step does not even test for it
+        self.stats_interval = getattr(cfg, "stats_interval", 0)
+        self.stats_recorder = observe.StatsRecorder(model) if self.stats_interval else None
 
         if ckpt is None:
             self.iter, self.best_val, self.tokens = 0, math.inf, 0
@@ -632,7 +657,34 @@ class Trainer:
         A non-finite loss or gradient stops the run (naming the first bad tensor).  An outlier
         (--skip-loss-z, --skip-grad-z) is not applied: the iteration still counts, its batches
         are consumed and the schedule moves on, so skipping never changes which data comes next.
+        The step that reaches a multiple of --stats-interval also writes a "stats" record.
         """
+        recorder = self.stats_recorder
+        if recorder is None or (self.iter + 1) % self.stats_interval:
+            return self._step()
+        return self._step_with_stats(recorder)
+
+    def _step_with_stats(self, recorder):
+        """self._step() observed by npgpt.observe.StatsRecorder, and its "stats" record logged.
+
+        The recorder only reads: it copies the weights before the step and reads each forward's
+        cache before its backward, so the step's arithmetic and random draws are those of an
+        ordinary step (a run with statistics has the same weights as one without).
+        """
+        recorder.begin()
+        try:
+            loss, norm, lr = self._step()
+        except BaseException:
+            recorder.cancel()
+            raise
+        # A skipped update left the gradient unclipped and the weights unchanged: no clip factor to undo.
+        record = recorder.end(self.iter, self.grad, norm, 0.0 if self.step_skipped else self.cfg.grad_clip)
+        if self.step_skipped:
+            record["skipped"] = True
+        self.append_step_log(record)
+        return loss, norm, lr
+
+    def _step(self):
         lr = self.schedule.lr(self.iter)
         loss = self._accumulate()
         if not math.isfinite(loss):
@@ -654,9 +706,8 @@ class Trainer:
     def update(self, lr):
         """Clip self.grad in place and apply one AdamW step at lr -> the gradient norm before clipping.
 
-        The place for per-tensor statistics of the update (issue 15 part 2): copy
-        model.flat_params before this call; after it, self.grad is the clipped gradient
-        and the difference of the parameters is the update actually applied.
+        After it, self.grad is the clipped gradient and the change of model.flat_params is
+        the update actually applied, which is what a stats step records (_step_with_stats).
         """
         try:
             return self.optimizer.step(self.grad, lr)
@@ -678,6 +729,8 @@ class Trainer:
     def _append(self, name, record):
         with open(os.path.join(self.cfg.out, name), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
 
     def append_metrics(self, record):
         self._append(METRICS, record)
@@ -798,6 +851,8 @@ class Trainer:
         self.append_metrics({"iter": self.iter, "train_loss": train_loss, "val_loss": val,
                              "val_perplexity": ppl if math.isfinite(ppl) else None, **extra, "lr": lr,
                              "grad_norm": norm, "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
+        if self.plotter is not None:
+            self.plotter.request()  # in the background, at most every 30 s (npgpt/plot.py)
 
 
 # ------------------------------------------------------------------ the command
@@ -813,8 +868,53 @@ def run(args):
 def _run_locked(args, cfg, ckpt, started):
     prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
     progress = not args.no_progress
+    plotter, tensorboard = open_observers(cfg)  # before any real work: a missing extra is one line now
+    try:
+        finished, trainer, task = _train(args, cfg, ckpt, progress, plotter, tensorboard)
+    except BaseException:
+        close_observers(plotter, tensorboard, failed=True)
+        raise
+    close_observers(plotter, tensorboard, failed=False)
+    if plotter is not None:
+        print(f"figures: {os.path.join(cfg.out, 'plots')}, {os.path.join(cfg.out, 'report.html')}", flush=True)
+    return _report(finished, trainer, task, started)
+
+
+def open_observers(cfg):
+    """(plot.Refresher or None, TensorBoardLogger or None) for --plot and --tensorboard."""
+    plotter = tensorboard = None
+    if cfg.plot:
+        from .plot import Refresher
+
+        plotter = Refresher(cfg.out)  # raises the install hint if matplotlib is missing
+    if cfg.tensorboard is not None:
+        from .tensorboard import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(cfg.tensorboard)  # likewise for tensorboardX
+    return plotter, tensorboard
+
+
+def close_observers(plotter, tensorboard, failed):
+    """Flush the event file and draw the last figures; after a failed run, never hide its error."""
+    if tensorboard is not None:
+        tensorboard.close()
+    if plotter is None:
+        return
+    if failed:
+        try:
+            plotter.close()
+        except Exception:
+            pass
+        return
+    plotter.request()  # the figures end with the last step, also after Ctrl-C
+    plotter.close()
+    if plotter.error:
+        print(f"warning: {plotter.error}", file=sys.stderr)
+
+
+def _train(args, cfg, ckpt, progress, plotter, tensorboard):
     task = LanguageModelingTask(cfg, ckpt)
-    trainer = Trainer(task.cfg, task, ckpt, progress=progress)
+    trainer = Trainer(task.cfg, task, ckpt, progress=progress, plotter=plotter, tensorboard=tensorboard)
     cfg = trainer.cfg
     if ckpt is None:  # a fresh run owns its metrics files and forgets a previous run's best snapshot
         for name in (METRICS, STEP_LOG):
@@ -824,7 +924,11 @@ def _run_locked(args, cfg, ckpt, started):
           + (f"resuming at iteration {trainer.iter}" if ckpt else
              f"fine-tuning {cfg.init_from}, {cfg.max_iters} iterations" if cfg.init_from else
              f"{cfg.max_iters} iterations"), flush=True)
-    finished = trainer.train()
+    return trainer.train(), trainer, task
+
+
+def _report(finished, trainer, task, started):
+    cfg = trainer.cfg
     wall = time.perf_counter() - started
     if not finished:
         print(f"interrupted at iteration {trainer.iter}; checkpoint saved in {cfg.out}. "
