@@ -122,3 +122,29 @@ def test_a_lora_export_loads_in_transformers_with_the_same_logits(folder, capsys
     sample = "ROMEO:\nWhat light through yonder window breaks?"
     tok = load(str(tmp_path / "lora4")).tokenizer
     assert hf_tok(sample)["input_ids"] == tok.encode(sample)
+
+
+def test_init_from_a_hugging_face_folder_reads_its_config_and_refuses_in_one_line(folder, capsys, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(folder / "gpt2", bare)
+    for name in ("vocab.json", "merges.txt"):
+        os.remove(bare / name)
+    data = str(folder / "my.txt")
+    cases = [([str(bare)], "fine-tuning needs its tokenizer"),
+             ([str(folder / "gpt2"), "--block-size", "128"], "larger than the model's block_size 64"),
+             ([str(folder / "gpt2"), "--n-layer", "2"], "fixes the model: it has n-layer=3"),
+             ([str(folder / "gpt2"), "--tokenizer", "char"], "fixes the model: it has tokenizer=bpe")]
+    for args, phrase in cases:
+        capsys.readouterr()
+        assert main(["train", "--data", data, "--out", str(tmp_path / "t"), "--init-from", *args, "--max-iters", "1",
+                     "--backend", "numpy", "--sample-tokens", "0", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert phrase in err and len(err.strip().splitlines()) == 1, err
+    # the model's context (n_positions 64) is the default --block-size, below the cap of 256
+    assert main(["train", "--data", data, "--out", str(tmp_path / "ok"), "--init-from", str(folder / "gpt2"),
+                 "--max-iters", "1", "--batch-size", "1", "--eval-iters", "1", "--sample-tokens", "0",
+                 "--no-progress", "--backend", "numpy"]) == 0
+    saved = checkpoint.load(str(tmp_path / "ok")).state["train_config"]
+    assert (saved["block_size"], saved["vocab_size"], saved["tokenizer"], saved["lr"]) == (64, 300, "bpe", 1e-4)
