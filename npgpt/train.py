@@ -160,7 +160,7 @@ HELP = {
                  "folder: its size and tokenizer are kept, and unset settings take fine-tuning defaults "
                  "(docs/training.md)",
     "freeze": "with --init-from: the base weights that train, the rest frozen: none (all train), lora (only "
-              "the adapters), all-but-last:N, all-but-head-and-ln, all-but-ln (default: none, lora with --lora-rank)",
+              "the adapters), all-but-last:N, all-but-head-and-ln, all-but-ln; unset: none, or lora with --lora-rank",
     "lora_rank": "with --init-from: add LoRA adapters of this rank and train them alone (0: no adapters)",
     "lora_alpha": "LoRA scale: the adapters' product is multiplied by alpha / rank",
     "lora_targets": "comma-separated layers of every block that get adapters: c_attn, c_proj (attention's "
