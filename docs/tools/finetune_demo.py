@@ -28,7 +28,6 @@ import os
 import pathlib
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -47,8 +46,14 @@ STEPS = 300  # fine-tuning and from-scratch steps
 PRETRAIN_STEPS = 600
 
 
+REUSE = False  # --reuse: keep the runs already finished in --work
+
+
 def npgpt(*args):
     argv = [str(a) for a in args]
+    if REUSE and "--out" in argv and os.path.exists(os.path.join(argv[argv.index("--out") + 1], "checkpoint.json")):
+        print("reusing " + argv[argv.index("--out") + 1], flush=True)
+        return
     print("$ npgpt " + " ".join(argv), flush=True)
     status = main(argv)
     if status != 0:
@@ -69,6 +74,20 @@ def second_text(path):
     text = "\n\n".join(parts)
     pathlib.Path(path).write_text(text, encoding="utf-8")
     return text
+
+
+def random_start(pretrained, out):
+    """OUT: an npgpt checkpoint of the pretrained model's size and tokenizer with fresh random weights,
+    so that `--init-from OUT` trains the same model from scratch on the same tokens."""
+    from npgpt import checkpoint
+    from npgpt.model import GPT
+
+    if REUSE and os.path.exists(os.path.join(out, "checkpoint.json")):
+        return
+    loaded = load(pretrained)
+    model = GPT(loaded.model.config, seed=1337)  # npgpt train's seed and initialisation
+    os.makedirs(out, exist_ok=True)
+    checkpoint.save(out, model, loaded.tokenizer, {"iter": 0})
 
 
 def val_curve(out, val_text):
@@ -106,29 +125,31 @@ def check_in_transformers(hf_dir, npgpt_dir):
         theirs = hf(torch.from_numpy(idx)).logits.numpy()
     diff = float(np.abs(model.logits(idx) - theirs).max() / np.abs(theirs).max())
     tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    same = tok("ROMEO:\nO, she doth teach the torches")["input_ids"] == load(str(npgpt_dir)).tokenizer.encode(
-        "ROMEO:\nO, she doth teach the torches")
-    return f"transformers loads the export: max logit difference {diff:.1e} (relative), tokenizer {'identical' if same else 'DIFFERENT'}"
+    line = "ROMEO:\nO, she doth teach the torches"
+    same = tok(line)["input_ids"] == load(str(npgpt_dir)).tokenizer.encode(line)
+    return (f"transformers loads the export: max logit difference {diff:.1e} (relative), "
+            f"tokenizer {'identical' if same else 'DIFFERENT'}")
 
 
-def table(runs, second_val, note, minutes, steps):
+def table(runs, second_val, note, steps):
     iters = sorted({i for curve in runs.values() for i in curve["curve"]})
     shown = [i for i in iters if i % 100 == 0 or i == max(iters)]
-    head = "| run | " + " | ".join(f"iter {i}" for i in shown) + " | best | best snapshot, all of val |\n"
-    head += "|---" * (len(shown) + 3) + "|\n"
+    head = ("| run | " + " | ".join(f"iter {i}" for i in shown)
+            + " | best | best snapshot, all of val | training time |\n")
+    head += "|---" * (len(shown) + 4) + "|\n"
     rows = []
     for name, r in runs.items():
         cells = [f"{r['curve'][i]:.3f}" if i in r["curve"] else "" for i in shown]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {min(r['curve'].values()):.3f} | {r['bpc']:.3f} |\n")
+        best = min(r["curve"].values())
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {best:.3f} | {r['bpc']:.3f} | {r['seconds']:.0f} s |\n")
     return (f"{head}{''.join(rows)}\n"
             f"Validation bits per character on the licences' last 10% ({second_val:,} characters): at each "
             f"evaluation (20 random batches, the loss per token times the run's tokens per character), the best "
-            f"of them, and the best snapshot over the whole split. {steps} steps each; the demo took "
-            f"{minutes:.0f} minutes in all; {note}.\n")
+            f"of them, and the best snapshot over the whole split. {steps} steps each (training time: "
+            f"this shared 2-core machine, busy); {note}.\n")
 
 
 def run(work, write):
-    t0 = time.perf_counter()
     os.chdir(work)
     text = second_text("licences.txt")
     npgpt("train", "--tokenizer", "bpe", "--vocab-size", 512, *MODEL, "--max-iters", PRETRAIN_STEPS,
@@ -138,19 +159,28 @@ def run(work, write):
     print(note, flush=True)
     common = ["--init-from", "pre", "--data", "licences.txt", "--max-iters", STEPS, *QUIET]
     npgpt("train", *common, "--out", "ft", "--overwrite")
+    npgpt("train", *common, "--out", "ft-1e-3", "--lr", "1e-3", "--min-lr", "1e-4", "--overwrite")
     npgpt("train", *common, "--out", "ft-lora", "--lora-rank", 8, "--lr", "1e-3", "--min-lr", "1e-4", "--overwrite")
     # from scratch: the same model, random weights, the from-scratch defaults (lr 1e-3, warmup 100) and a BPE
     # of the same size trained on the second text itself (npgpt train builds its own tokenizer)
     npgpt("train", "--tokenizer", "bpe", "--vocab-size", 512, *MODEL, "--data", "licences.txt", "--max-iters", STEPS,
           "--eval-interval", 50, "--out", "scratch", "--overwrite", *QUIET)
+    # from scratch on the pretrained model's tokens: a random model of the same size and tokenizer, the
+    # from-scratch schedule
+    random_start("pre", "random")
+    npgpt("train", "--init-from", "random", "--data", "licences.txt", "--max-iters", STEPS, *QUIET,
+          "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-iters", 100, "--out", "scratch-same-tokens", "--overwrite")
     val_text = data.split_text(text)[1]
     runs = {}
-    for name, out in [("from scratch (its own BPE, the from-scratch defaults: lr 1e-3)", "scratch"),
-                      ("fine-tuned, all weights (the defaults: lr 1e-4)", "ft"),
+    for name, out in [("from scratch, its own BPE trained on the licences (lr 1e-3)", "scratch"),
+                      ("from scratch, the pretrained model's BPE (lr 1e-3)", "scratch-same-tokens"),
+                      ("fine-tuned, all weights, the defaults (lr 1e-4)", "ft"),
+                      ("fine-tuned, all weights, lr 1e-3", "ft-1e-3"),
                       ("fine-tuned, LoRA r=8 on c_attn,c_proj (lr 1e-3)", "ft-lora")]:
-        runs[name] = {"curve": val_curve(out, val_text), "bpc": bits_per_char(out, val_text)}
-    minutes = (time.perf_counter() - t0) / 60
-    result = table(runs, len(val_text), note, minutes, STEPS)
+        last = json.loads(pathlib.Path(out, "metrics.jsonl").read_text().splitlines()[-1])
+        runs[name] = {"curve": val_curve(out, val_text), "bpc": bits_per_char(out, val_text),
+                      "seconds": last["elapsed"]}
+    result = table(runs, len(val_text), note, STEPS)
     print(result)
     if write:
         page = PAGE.read_text(encoding="utf-8")
@@ -162,8 +192,10 @@ def run(work, write):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="working directory (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs already finished in --work")
     parser.add_argument("--no-write", action="store_true", help="print the table without editing docs/pretrained.md")
     args = parser.parse_args()
+    REUSE = args.reuse
     if args.work:
         os.makedirs(args.work, exist_ok=True)
         run(os.path.abspath(args.work), not args.no_write)
