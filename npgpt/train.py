@@ -105,7 +105,11 @@ class TrainConfig:
     backend: str = GPTConfig().backend  # the model's default: whoever tunes the kernels decides it
     workers: int = 0  # data-parallel threads; 0: automatic (npgpt.parallel.choose_workers)
     sample_tokens: int = 500  # printed at the end; 0: none
-    init_from: str | None = None  # fine-tune this model (an npgpt output directory) instead of a new one
+    init_from: str | None = None  # fine-tune this model (an npgpt output directory or a GPT-2 folder)
+    freeze: str | None = None  # fine-tuning: which base weights train (npgpt/finetune.py); None: all, or none with LoRA
+    lora_rank: int = 0  # fine-tuning: rank of fresh LoRA adapters (0: none)
+    lora_alpha: float = 16.0  # LoRA scale alpha / rank
+    lora_targets: str = "c_attn,c_proj"  # the layers of every block that get adapters
     log_interval: int = 10  # iterations per step-log record in OUT/steps.jsonl; 0: no step log
     skip_loss_z: float = 0.0  # skip an update whose loss z-score exceeds this; 0: never
     skip_grad_z: float = 0.0  # skip an update whose gradient-norm z-score exceeds this; 0: never
@@ -122,7 +126,10 @@ FINETUNE_MAX_BLOCK = 256  # default context when fine-tuning: the model's, at mo
 
 
 # Settings that define the model: a resumed run may not change them.
-MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype", "norm", "positions")
+MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype", "norm", "positions",
+                  "lora_rank", "lora_alpha", "lora_targets")
+# Settings that define the optimizer's state: a resumed run may not change them either.
+OPTIMIZER_SETTINGS = ("freeze",)
 
 HELP = {
     "out": "output directory for checkpoints and metrics.jsonl",
@@ -162,8 +169,15 @@ HELP = {
     "workers": "data-parallel threads, each running the whole model on a slice of the batch "
                "(0: one per core for models under 30M parameters, else 1)",
     "sample_tokens": "tokens to sample at the end (0: no sample)",
-    "init_from": "fine-tune the model in this npgpt output directory (its best snapshot): its size and "
-                 "tokenizer are kept, and unset settings take fine-tuning defaults (docs/training.md)",
+    "init_from": "fine-tune the model in this npgpt output directory (its best snapshot) or Hugging Face GPT-2 "
+                 "folder: its size and tokenizer are kept, and unset settings take fine-tuning defaults "
+                 "(docs/training.md)",
+    "freeze": "with --init-from: the base weights that train, the rest frozen: none (all train), lora (only "
+              "the adapters), all-but-last:N, all-but-head-and-ln, all-but-ln; unset: none, or lora with --lora-rank",
+    "lora_rank": "with --init-from: add LoRA adapters of this rank and train them alone (0: no adapters)",
+    "lora_alpha": "LoRA scale: the adapters' product is multiplied by alpha / rank",
+    "lora_targets": "comma-separated layers of every block that get adapters: c_attn, c_proj (attention's "
+                    "output), c_fc, mlp.c_proj",
     "log_interval": "write a step-log record (loss, lr, gradient norm, clipping, ms/step, tokens/s, MFU) "
                     "to OUT/steps.jsonl every N iterations (0: none)",
     "skip_loss_z": "skip the update of a step whose loss is more than this many standard deviations above "
@@ -280,6 +294,34 @@ def validate(cfg):
         raise UserError("--vocab-size applies to --tokenizer bpe only (a char vocabulary is the corpus's characters)")
     if cfg.tokenizer == "bpe" and (cfg.vocab_size is None or cfg.vocab_size < 257):
         bad("vocab_size", "at least 257 with --tokenizer bpe (256 bytes + merges)", cfg.vocab_size)
+    validate_finetuning(cfg, bad)
+
+
+def validate_finetuning(cfg, bad):
+    """--freeze and --lora-*: well-formed, and only when fine-tuning (freezing random weights teaches nothing)."""
+    from .finetune import FREEZE_SPECS
+    from .model import lora_target_names
+
+    if cfg.lora_rank < 0:
+        bad("lora_rank", ">= 0", cfg.lora_rank)
+    if not (cfg.lora_alpha > 0 and math.isfinite(cfg.lora_alpha)):
+        bad("lora_alpha", "> 0", cfg.lora_alpha)
+    try:
+        if not lora_target_names(cfg.lora_targets):
+            bad("lora_targets", "at least one of c_attn, c_proj, c_fc, mlp.c_proj", cfg.lora_targets)
+    except ValueError as e:
+        raise UserError(f"--lora-targets: {e}") from None
+    spec = cfg.freeze
+    if spec is not None:
+        count = spec.removeprefix("all-but-last:")
+        if spec not in FREEZE_SPECS[:2] + FREEZE_SPECS[3:] and not (spec.startswith("all-but-last:") and count.isdigit()):
+            bad("freeze", "one of " + ", ".join(FREEZE_SPECS), spec)
+        if spec == "lora" and not cfg.lora_rank:
+            raise UserError("--freeze lora needs LoRA adapters (--lora-rank > 0); without them nothing would train")
+    if cfg.init_from is None and (cfg.lora_rank or spec not in (None, "none")):
+        flag = "--lora-rank" if cfg.lora_rank else "--freeze"
+        raise UserError(f"{flag} applies to fine-tuning: pass --init-from MODEL (a pretrained npgpt output "
+                        "directory or Hugging Face GPT-2 folder)")
 
 
 def resolve_settings(args):
@@ -301,9 +343,10 @@ def resolve_settings(args):
         if not isinstance(saved, dict):
             raise UserError(f"corrupt checkpoint: {ckpt.path} has no valid training settings")
         base = TrainConfig(**typed_settings(saved, f"corrupt checkpoint: {ckpt.path} state.json train_config"))
-        for name in MODEL_SETTINGS:
+        for name in MODEL_SETTINGS + OPTIMIZER_SETTINGS:
             if name in requested and requested[name] != getattr(base, name):
-                raise UserError(f"cannot resume {args.resume} with a different model: it has "
+                what = "model" if name in MODEL_SETTINGS else "set of trainable parameters"
+                raise UserError(f"cannot resume {args.resume} with a different {what}: it has "
                                 f"{name.replace('_', '-')}={getattr(base, name)}, you asked for {requested[name]}")
         if requested.get("init_from", base.init_from) != base.init_from:
             raise UserError(f"--init-from starts a new run; --resume {args.resume} continues the one there")
@@ -547,10 +590,25 @@ class Trainer:
         self.step_skipped = False
 
     def make_optimizer(self, model):
-        """AdamW over the model's flat parameters.  Training a subset (frozen layers, LoRA adapters)
-        is this one call given the trainable parameters instead of the whole model."""
+        """AdamW over the model's flat parameters, or over its trainable ones alone.
+
+        With --freeze or LoRA adapters (fine-tuning), finetune.freeze marks the
+        other parameters frozen on the model (its backward then skips their
+        weight gradients) and TrainableAdamW keeps moments for the trainable
+        ones only.  The choice depends only on settings saved in the checkpoint
+        (freeze, the model's lora_rank), so a resumed run rebuilds the same
+        optimizer, with moments of the same size.
+        """
+        from .finetune import TrainableAdamW, freeze
+
         cfg = self.cfg
-        return AdamW(model, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        spec = getattr(cfg, "freeze", None)
+        adapters = bool(getattr(model.config, "lora_rank", 0))
+        kw = dict(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        if spec in (None, "none") and not adapters:
+            return AdamW(model, **kw)
+        mask = freeze(model, spec)  # data-parallel workers share this model object, so they see it too
+        return TrainableAdamW(model, mask, **kw)
 
     def _restore(self, ckpt):
         state = ckpt.state
