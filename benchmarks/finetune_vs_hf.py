@@ -114,7 +114,7 @@ def torch_worker(name, B, T, steps, warmup):
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return _result(name, times, B, T, {"attention": getattr(model.config, "_attn_implementation", "sdpa")})
+    return _result(name, times, B, T, {"attention": getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")})
 
 
 def run_one(name, args):
