@@ -10,6 +10,6 @@ floating-point array that `forward` took, in forward's argument order.
 These are the functions a learner reads next to `docs/layers/<name>.md`;
 `npgpt.kernels` holds faster Numba versions with the same signatures.
 """
-from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, pool_last
 
-__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear"]
+__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear", "pool_last"]
