@@ -267,7 +267,20 @@ class GPT:
         # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
         dx = self._linear_backward(dlogits, c_head, G["wte.weight"].T, None)
         del dlogits
+        self.backward_hidden(dx, caches, G)
+        return G
 
+    def backward_hidden(self, dx, caches, G):
+        """The backward of _hidden: dx (B, T, C), the gradient at the final hidden
+        states, back through ln_f, the blocks and the embeddings.
+
+        caches: _hidden's caches (consumed: popped from the end).  G: the
+        gradient views; every parameter's entry is overwritten, except
+        wte's, which the lookup's gradient ADDS to (the tied LM head may
+        have written its share first; zero it if nothing did).  A model with
+        another head on top (npgpt/classify.py) calls this with its own dx.
+        """
+        ops, cfg = self.ops, self.config
         dx, dw, db = ops.layernorm.backward(dx, caches.pop())
         _store(G, "ln_f", dw, db)
         for i in reversed(range(cfg.n_layer)):
@@ -303,7 +316,6 @@ class GPT:
             dwte, dwpe = ops.embedding.backward(dx, c_emb)
             G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
             G["wpe.weight"][...] = dwpe
-        return G
 
     def _linear_backward(self, dout, cache, dw, db):
         """A linear layer's backward -> dx; its weight and bias gradients land in
