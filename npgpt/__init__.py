@@ -12,8 +12,15 @@ import os
 # loads, so it must be set before numpy is imported; a user's setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import gradcheck, layers  # noqa: E402
-from .model import GPT, GPTConfig  # noqa: E402
+# ---- the public API (below the environment settings above, which must come first)
+from . import gradcheck, layers, reference  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .model import GPT, GPTConfig, Gradients  # noqa: E402
+from .optim import (AdamW, ConstantSchedule, CosineSchedule, PlateauSchedule, Schedule,  # noqa: E402
+                    StepSchedule, make_schedule)
+from .tokenizers import BPETokenizer, CharTokenizer, load_tokenizer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "gradcheck", "layers"]
+__all__ = ["GPT", "GPTConfig", "Gradients", "AdamW", "make_schedule", "Schedule", "ConstantSchedule",
+           "CosineSchedule", "StepSchedule", "PlateauSchedule", "CharTokenizer", "BPETokenizer",
+           "load_tokenizer", "UserError", "gradcheck", "layers", "reference"]

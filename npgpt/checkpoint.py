@@ -2,7 +2,8 @@
 
 Layout of a training output directory OUT:
 
-    OUT/checkpoint.json        the pointer: which snapshot is current, with each file's sha256
+    OUT/checkpoint.json        the pointer: which snapshot is current (the latest), with each file's sha256
+    OUT/best.json              the same for the best-validation snapshot (written by the trainer)
     OUT/ckpt-0002000/          the current snapshot
         model.safetensors      weights, GPT-2's Hugging Face names
         optimizer.safetensors  AdamW moments m, v (flat)
@@ -18,6 +19,16 @@ checkpoint.json naming the previous, complete snapshot; leftovers are
 left alone (a save deletes only the snapshot the pointer named before it,
 never other `ckpt-*` or `.saving-*` entries, which may be the user's).  Loading checks every file's hash, so a
 truncated or edited file is reported instead of half-loaded.
+
+The best snapshot costs no extra write: a save marked best=True points
+best.json at the new snapshot too (after checkpoint.json, so a crash
+between the two leaves best.json at the previous best, still on disk); a
+later save that is not the best keeps the snapshot best.json names
+instead of deleting it.  Resuming reads checkpoint.json (the latest);
+sampling and evaluation read best.json when it names another snapshot
+(`load_model`, `load(..., which="best")`).  A pointer file can also be
+named directly: `--ckpt OUT/checkpoint.json` is the latest, `OUT/best.json`
+the best.
 """
 import hashlib
 import json
@@ -32,10 +43,11 @@ import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, param_shapes
 from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
 
 POINTER = "checkpoint.json"
+BEST_POINTER = "best.json"
 FORMAT = "npgpt-checkpoint"
 VERSION = 1
 SNAPSHOT_RE = re.compile(r"^ckpt-\d{7,}(-\d+)?$")  # 7 digits or more: iteration 10,000,000+ too
@@ -87,9 +99,9 @@ def _new_snapshot_name(out_dir, iteration):
     return name
 
 
-def read_pointer(out_dir):
-    """The parsed checkpoint.json of out_dir, or None when there is none."""
-    path = os.path.join(out_dir, POINTER)
+def read_pointer(out_dir, name=POINTER):
+    """The parsed checkpoint.json (or best.json) of out_dir, or None when there is none."""
+    path = os.path.join(out_dir, name)
     if not os.path.exists(path):
         return None
     try:
@@ -101,17 +113,25 @@ def read_pointer(out_dir):
     return pointer
 
 
-def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
+def _read_pointer_or_none(out_dir, name):
+    try:
+        return read_pointer(out_dir, name)
+    except UserError:
+        return None
+
+
+def save(out_dir, model, tokenizer, state, optimizer_arrays=None, best=False):
     """Save a snapshot of model (+ optimizer moments and training state) into out_dir atomically.
 
     state: a JSON-serialisable dict (iteration, RNG states, ...).
+    best: this snapshot is the best so far: best.json names it too.
+    Otherwise the snapshot best.json names (if any) is kept.
     Returns the snapshot directory.
     """
     os.makedirs(out_dir, exist_ok=True)
-    try:  # the snapshot this save replaces: the only existing entry a save ever deletes
-        previous = read_pointer(out_dir)
-    except UserError:
-        previous = None
+    # the snapshots this save replaces: the only existing entries a save ever deletes
+    previous = _read_pointer_or_none(out_dir, POINTER)
+    previous_best = _read_pointer_or_none(out_dir, BEST_POINTER)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     try:
         os.chmod(staging, 0o777 & ~current_umask())
@@ -126,19 +146,45 @@ def save(out_dir, model, tokenizer, state, optimizer_arrays=None):
         name = _new_snapshot_name(out_dir, int(state.get("iter", 0)))
         os.rename(staging, os.path.join(out_dir, name))  # atomic: the snapshot appears complete
         fsync_dir(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _raise_save_error(e, out_dir, previous)
     pointer = {"format": FORMAT, "version": VERSION, "snapshot": name, "iter": int(state.get("iter", 0)),
                "files": hashes}
     try:
         atomic_write_bytes(os.path.join(out_dir, POINTER), _json_bytes(pointer))  # the commit point
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)  # ours and never committed
-        raise
-    if previous is not None and previous["snapshot"] != name:
-        shutil.rmtree(os.path.join(out_dir, previous["snapshot"]), ignore_errors=True)
+        _raise_save_error(e, out_dir, previous)
+    if best:
+        atomic_write_bytes(os.path.join(out_dir, BEST_POINTER), _json_bytes(pointer))
+    kept = {name, (pointer if best else previous_best or {}).get("snapshot")}
+    for old in (previous, previous_best):
+        if old is not None and old["snapshot"] not in kept:
+            shutil.rmtree(os.path.join(out_dir, old["snapshot"]), ignore_errors=True)
+            kept.add(old["snapshot"])
     return os.path.join(out_dir, name)
+
+
+def _raise_save_error(e, out_dir, previous):
+    """A failed write (full disk, quota, permissions) as one line without the staging file's temporary name."""
+    if isinstance(e, OSError):
+        kept = "the previous checkpoint is unharmed" if previous is not None else "nothing was saved"
+        raise UserError(f"cannot save a checkpoint in {out_dir}: {e.strerror or type(e).__name__}; {kept}") from None
+    raise e
+
+
+def forget_best(out_dir):
+    """Remove best.json, and the snapshot it names unless checkpoint.json names it too
+    (a fresh run with --overwrite must not leave the previous run's best behind)."""
+    best = _read_pointer_or_none(out_dir, BEST_POINTER)
+    path = os.path.join(out_dir, BEST_POINTER)
+    if os.path.isfile(path):
+        os.unlink(path)
+        fsync_dir(out_dir)
+    latest = _read_pointer_or_none(out_dir, POINTER)
+    if best is not None and (latest is None or latest["snapshot"] != best["snapshot"]):
+        shutil.rmtree(os.path.join(out_dir, best["snapshot"]), ignore_errors=True)
 
 
 # ------------------------------------------------------------------ reading
@@ -176,22 +222,43 @@ def first_non_finite(params):
     return None
 
 
-def load(out_dir):
-    """Read the current snapshot of out_dir (a training output directory) into a Checkpoint."""
+def _locate(out_dir, which):
+    """(training output directory, the pointer to read there, its parsed content) for load()."""
+    if which not in ("latest", "best"):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    if os.path.isfile(out_dir) and os.path.basename(out_dir) in (POINTER, BEST_POINTER):
+        # a pointer named directly: OUT/checkpoint.json (the latest) or OUT/best.json
+        directory, name = os.path.dirname(out_dir) or ".", os.path.basename(out_dir)
+        return directory, name, read_pointer(directory, name)
     if not os.path.exists(out_dir):
         raise UserError(f"no checkpoint at {out_dir}: directory not found")
     if not os.path.isdir(out_dir):
         raise UserError(f"no checkpoint at {out_dir}: not a directory")
     pointer = read_pointer(out_dir)
     if pointer is None:
-        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (train with --out {out_dir} first)")
+        raise UserError(f"no checkpoint at {out_dir}: {POINTER} is missing (no training run has saved a checkpoint there)")
+    if which == "best":
+        best = read_pointer(out_dir, BEST_POINTER)
+        if best is not None and best["snapshot"] != pointer["snapshot"]:
+            return out_dir, BEST_POINTER, best
+    return out_dir, POINTER, pointer
+
+
+def load(out_dir, which="latest"):
+    """Read a snapshot of out_dir (a training output directory) into a Checkpoint.
+
+    which: "latest" (what checkpoint.json names: resuming) or "best" (the
+    best-validation snapshot when best.json names one other than the
+    latest, else the latest).  out_dir may also be a pointer file itself.
+    """
+    out_dir, pointer_name, pointer = _locate(out_dir, which)
     snapshot = os.path.join(out_dir, pointer["snapshot"])
     if not os.path.isdir(snapshot):
         raise UserError(f"corrupt checkpoint: snapshot directory {snapshot} is missing")
     hashes = pointer["files"]
     for required in ("model.safetensors", "config.json", "tokenizer.json", "state.json"):
         if required not in hashes:
-            raise UserError(f"corrupt checkpoint: {POINTER} lists no {required}")
+            raise UserError(f"corrupt checkpoint: {pointer_name} lists no {required}")
 
     def read(name):
         return _read_verified(snapshot, name, hashes)
@@ -220,31 +287,53 @@ def config_from(ckpt, **overrides):
 
 
 def build_model(ckpt, **overrides):
-    """A GPT holding the checkpoint's weights; overrides as in config_from."""
-    model = GPT(config_from(ckpt, **overrides))
-    expected = model.shapes
+    """A GPT holding the checkpoint's weights; overrides as in config_from.
+
+    The weights are checked against the config's shapes before the model is
+    allocated, so a crafted config (n_embd 10**9) cannot make npgpt allocate
+    more than the weights file itself holds.
+    """
+    config = config_from(ckpt, **overrides)
+    if config.n_layer > len(ckpt.params):  # each layer has several weights: don't list 10**9 layers' names
+        raise UserError(f"corrupt checkpoint: {ckpt.path} config says n_layer {config.n_layer}, but the weights "
+                        f"file holds only {len(ckpt.params)} arrays")
+    expected = param_shapes(config)
     if set(ckpt.params) != set(expected):
         missing = sorted(set(expected) - set(ckpt.params))
         extra = sorted(set(ckpt.params) - set(expected))
         raise UserError(f"corrupt checkpoint: {ckpt.path} weights do not match its config "
                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, shape in expected.items():
+        if ckpt.params[name].shape != shape:
+            raise UserError(f"corrupt checkpoint: {name} has shape {ckpt.params[name].shape}, config says {shape}")
+    model = GPT(config)
     for name, p in model.params.items():
-        w = ckpt.params[name]
-        if w.shape != p.shape:
-            raise UserError(f"corrupt checkpoint: {name} has shape {w.shape}, config says {p.shape}")
-        p[...] = w  # into the flat buffer's view: keeps the layout the optimizer relies on
+        p[...] = ckpt.params[name]  # into the flat buffer's view: keeps the layout the optimizer relies on
     return model
 
 
-def load_model(out_dir, backend=None):
-    """(model, tokenizer, checkpoint) for sampling and evaluation."""
+def load_description(out_dir, which="best"):
+    """(config dict, tokenizer dict) of a snapshot, verified, without reading its weights."""
+    out_dir, pointer_name, pointer = _locate(out_dir, which)
+    snapshot = os.path.join(out_dir, pointer["snapshot"])
+    found = []
+    for name, schema in (("config.json", CONFIG_SCHEMA), ("tokenizer.json", TOKENIZER_SCHEMA)):
+        if name not in pointer["files"]:
+            raise UserError(f"corrupt checkpoint: {pointer_name} lists no {name}")
+        path = os.path.join(snapshot, name)
+        found.append(_load_json(_read_verified(snapshot, name, pointer["files"]), path, schema))
+    return tuple(found)
+
+
+def load_model(out_dir, backend=None, which="best"):
+    """(model, tokenizer, checkpoint) for sampling and evaluation: the best-validation snapshot by default."""
     from .tokenizers import from_dict
 
-    ckpt = load(out_dir)
+    ckpt = load(out_dir, which)
     model = build_model(ckpt, backend=backend)
     try:
-        tokenizer = from_dict(ckpt.tokenizer)
-    except (ValueError, KeyError, TypeError) as e:
+        tokenizer = from_dict(ckpt.tokenizer)  # a BPE split pattern is vetted here (tokenizers/split.py)
+    except (UserError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"corrupt checkpoint: bad tokenizer in {ckpt.path} ({e})") from None
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"corrupt checkpoint: tokenizer has {tokenizer.vocab_size} tokens, "

@@ -17,9 +17,14 @@ COMMANDS = {
     "train": ("npgpt.train", "train a GPT (default: a character model on the bundled Tiny Shakespeare)"),
     "sample": ("npgpt.generate", "generate text from a checkpoint, streamed as it is sampled"),
     "eval": ("npgpt.evaluate", "loss, perplexity and bits per character of a checkpoint"),
+    "export": ("npgpt.pretrained", "write a checkpoint as a Hugging Face GPT-2 folder that transformers loads"),
     "bench": ("npgpt.bench", "training throughput, per-kernel time, MFU and peak memory (configs S, M, L)"),
     "gradcheck": ("npgpt.gradcheck_cli", "check every layer's and the model's gradients against finite differences"),
+    "exercise": ("npgpt.exercises", "backprop exercises: write each layer's backward, check it with the gradcheck"),
+    "plot": ("npgpt.plot", "figures of a run (loss, lr, gradient norm, update ratios, activations) and report.html"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
+    "attention": ("npgpt.attention_cli", "draw every head's attention weights of a checkpoint over a text (needs matplotlib)"),
+    "seq2seq": ("npgpt.seq2seq_cli", "encoder-decoder Transformer: train on pairs or a synthetic task, translate, eval"),
 }
 
 

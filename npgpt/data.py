@@ -1,9 +1,11 @@
 """Corpora, train/val split and random training windows.
 
-    text = load_text(None)                        # the bundled Tiny Shakespeare
-    tok = build_tokenizer("char", text)
-    corpus = make_corpus(text, tok)               # corpus.train, corpus.val: 1-D uint16
-    x, y = get_batch(corpus.train, 12, 64, rng)   # (12, 64) each; y is x shifted by one
+    >>> text = load_text(None)                        # the bundled Tiny Shakespeare
+    >>> tok = build_tokenizer("char", text)
+    >>> corpus = make_corpus(text, tok)               # corpus.train, corpus.val: 1-D uint16
+    >>> x, y = get_batch(corpus.train, 12, 64, rng=0) # rng: a Generator, an int seed or None
+    >>> x.shape, y.shape, bool((x[:, 1:] == y[:, :-1]).all())   # y is x shifted by one
+    ((12, 64), (12, 64), True)
 
 Token arrays are compact (uint16 while the vocabulary fits, uint32 beyond),
 so a corpus costs 2 bytes per token in memory.
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
+from .seeding import as_generator
 
 BUNDLED = "tinyshakespeare"  # the name `--data` is shown as when no path is given
 VAL_FRACTION = 0.1
@@ -72,9 +75,9 @@ def build_tokenizer(kind, text, vocab_size=None):
         try:
             from .tokenizers.bpe import BPETokenizer
         except ImportError:
-            raise UserError("the BPE tokenizer is not available in this version of npgpt; use --tokenizer char") from None
+            raise UserError("the BPE tokenizer is not available in this version of npgpt; use the 'char' tokenizer") from None
         if vocab_size is None:
-            raise UserError("--tokenizer bpe needs --vocab-size N (at least 256)")
+            raise UserError("a 'bpe' tokenizer needs a vocab_size (at least 257: 256 bytes + merges)")
         return BPETokenizer.train(split_text(text)[0], vocab_size)
     raise UserError(f"unknown tokenizer {kind!r} (expected 'char' or 'bpe')")
 
@@ -118,7 +121,7 @@ def check_long_enough(tokens, block_size, what):
     if tokens.size < block_size + 1:
         raise UserError(
             f"the {what} has {tokens.size} tokens, fewer than block_size + 1 = {block_size + 1}; "
-            f"use a longer corpus or a smaller --block-size"
+            f"use a longer corpus or a smaller block_size"
         )
 
 
@@ -126,9 +129,12 @@ def get_batch(tokens, batch_size, block_size, rng):
     """Random contiguous windows: tokens (N,) -> x, y (batch_size, block_size) int64.
 
     Row b is tokens[s_b : s_b + block_size] and its targets are the same
-    window shifted by one, for starts s_b drawn uniformly from rng.
+    window shifted by one, for starts s_b drawn uniformly from rng (a
+    Generator, an int seed or None for a fresh random one).
     """
-    starts = rng.integers(0, tokens.size - block_size, size=batch_size)  # (B,)
+    if tokens.size < block_size + 1:
+        raise ValueError(f"{tokens.size} tokens are fewer than block_size + 1 = {block_size + 1}")
+    starts = as_generator(rng).integers(0, tokens.size - block_size, size=batch_size)  # (B,)
     offsets = starts[:, None] + np.arange(block_size)  # (B, T)
     x = tokens[offsets].astype(np.int64)
     y = tokens[offsets + 1].astype(np.int64)

@@ -9,7 +9,7 @@ are deterministic.
 """
 import math
 
-from . import checkpoint, data
+from . import data
 from .errors import UserError
 from .model import GPTConfig
 
@@ -32,7 +32,7 @@ def evaluate_tokens(model, tokens, batch_size):
 
 
 def add_arguments(parser):
-    parser.add_argument("--ckpt", default="out", help="training output directory (default: out)")
+    parser.add_argument("--ckpt", default="out", help="training output directory, or a Hugging Face GPT-2 folder (default: out)")
     parser.add_argument("--data", default=None,
                         help="UTF-8 file to evaluate on, all of it (default: the validation split of the training data)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
@@ -41,11 +41,17 @@ def add_arguments(parser):
 def run(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    model, tokenizer, ckpt = checkpoint.load_model(args.ckpt, backend=GPTConfig().backend)
+    from .pretrained import load
+
+    loaded = load(args.ckpt, backend=GPTConfig().backend)
+    model, tokenizer = loaded.model, loaded.require_tokenizer("evaluation")
     if args.data is not None:
         text, source = data.load_text(args.data), args.data
+    elif loaded.kind != "npgpt":
+        raise UserError(f"{args.ckpt} is a Hugging Face folder, which does not say what it was trained on: "
+                        "give --data FILE to evaluate on")
     else:
-        trained_on = (ckpt.state.get("train_config") or {}).get("data")
+        trained_on = (loaded.state.get("train_config") or {}).get("data")
         text = data.split_text(data.load_text(trained_on))[1]
         source = f"validation split of {trained_on or data.BUNDLED}"
     try:
@@ -57,5 +63,5 @@ def run(args):
     loss, n = evaluate_tokens(model, tokens, args.batch_size)
     bits_per_char = loss / math.log(2) * tokens.size / len(text)
     print(f"{source}: {n:,} tokens | loss {loss:.4f} | perplexity {perplexity(loss):.3f} | "
-          f"bits/char {bits_per_char:.4f}  ({args.ckpt}, iteration {ckpt.iteration})")
+          f"bits/char {bits_per_char:.4f}  ({args.ckpt}" + (f", iteration {loaded.iteration})" if loaded.kind == "npgpt" else ")"))
     return 0

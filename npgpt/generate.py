@@ -1,7 +1,11 @@
 """Sampling from a trained model, with a KV cache, and `npgpt sample`.
 
-    for token in generate(model, prompt_ids, 500, rng, temperature=0.8, top_k=200):
-        ...   # one id at a time, as soon as it is drawn
+    >>> import npgpt
+    >>> model = npgpt.GPT(npgpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, backend="numpy"))
+    >>> ids = model.generate([1, 2, 3], 20, temperature=0.8, top_k=5, seed=0)   # all at once
+    >>> streamed = [int(token) for token in generate(model, [1, 2, 3], 20, 0, temperature=0.8, top_k=5)]
+    >>> streamed == list(ids[3:])      # one id at a time, as soon as it is drawn; the same ids
+    True
 
 Without a cache every new token re-runs the model over the whole context.
 With it, each layer keeps the keys and values of the positions it has
@@ -23,6 +27,7 @@ import numpy as np
 from . import layers
 from .errors import UserError
 from .layers.attention import merge_heads, split_heads
+from .seeding import as_generator
 
 
 # ------------------------------------------------------------------ the cache
@@ -73,20 +78,25 @@ def forward_cached(model, idx, cache):
     t = idx.shape[1]
     if pos + t > cfg.block_size:
         raise ValueError(f"KV cache holds {cfg.block_size} positions; cannot add {t} after {pos}")
+    eps = cfg.layer_norm_epsilon
+
+    def linear(x, prefix):  # x @ w + b, plus the layer's LoRA adapter if it has one
+        out, _ = layers.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"))
+        if prefix + ".lora_a" in P:
+            out += layers.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], model.lora_scale)[0]
+        return out
+
     x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-        qkv, _ = layers.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, t, 3C)
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
+        qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
         a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
-        a, _ = layers.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
-        x = x + a
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, t, 4C)
-        h, _ = layers.gelu.forward(h)
-        h, _ = layers.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))
-        x = x + h
-    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+        x = x + linear(a, pre + "attn.c_proj")
+        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
+        h, _ = layers.gelu.forward(linear(h, pre + "mlp.c_fc"))  # (B, t, 4C)
+        x = x + linear(h, pre + "mlp.c_proj")
+    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
     cache.length = pos + t
     return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
 
@@ -109,7 +119,11 @@ def sample_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
     temperature 0 picks the most likely token.  top_k keeps the k most
     likely tokens; top_p keeps the smallest set of most likely tokens whose
     probability reaches p.  Exactly one uniform draw from rng per call
-    (none when greedy), so a seed fixes the whole sample.
+    (none when greedy), so a seed fixes the whole sample.  rng: a
+    Generator, an int seed or None (a fresh random one).
+
+    >>> sample_token([0.0, 5.0, 1.0], rng=0, temperature=0)
+    1
     """
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
@@ -126,15 +140,31 @@ def sample_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
         before = np.cumsum(sorted_probs) - sorted_probs  # mass of the tokens ranked above each one
         sorted_probs = np.where(before < top_p, sorted_probs, 0.0)  # the first token always stays
     cdf = np.cumsum(sorted_probs)
-    u = rng.random() * cdf[-1]
+    u = as_generator(rng).random() * cdf[-1]
     return int(order[min(np.searchsorted(cdf, u, side="right"), order.size - 1)])
 
 
-def generate(model, prompt_ids, max_new_tokens, rng, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-    """Yield max_new_tokens token ids continuing prompt_ids (a non-empty list of ids)."""
+def check_sampling(max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+    """ValueError naming the first invalid sampling setting (top_k/top_p None: off)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be None (off) or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float, np.floating)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None (off) or in (0, 1], got {top_p!r}")
+
+
+def generate(model, prompt_ids, max_new_tokens, rng=None, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Yield max_new_tokens token ids continuing prompt_ids (a non-empty list of ids).
+
+    rng: a Generator (its stream advances), an int seed, or None (random).
+    """
     tokens = [int(i) for i in prompt_ids]
     if not tokens:
         raise ValueError("generation needs a prompt of at least one token")
+    rng = as_generator(rng)
     block_size = model.config.block_size
     start = max(0, len(tokens) - block_size)
     cache = KVCache(model.config, 1, model.dtype) if use_cache else None
@@ -180,7 +210,8 @@ def stream_text(tokenizer, prompt_ids, token_iter, write):
 
 # ------------------------------------------------------------------ the command
 def add_arguments(parser):
-    parser.add_argument("--ckpt", default="out", help="training output directory to sample from (default: out)")
+    parser.add_argument("--ckpt", default="out",
+                        help="training output directory, or a Hugging Face GPT-2 folder, to sample from (default: out)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy (default: 0.8)")
@@ -195,6 +226,8 @@ def check_sampling_args(args):
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if 0 < args.temperature < 1e-6:  # logits / 1e-310 overflow to inf; so small a temperature is greedy anyway
+        raise UserError(f"--temperature must be 0 (greedy) or at least 1e-06, got {args.temperature}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     if not 0.0 < args.top_p <= 1.0:
@@ -238,11 +271,12 @@ def print_samples(model, tokenizer, prompt_ids, num_samples, max_new_tokens, see
 
 
 def run(args):
-    from .checkpoint import load_model
+    from .pretrained import load
 
     check_sampling_args(args)
     # generation runs the reference layers (with the KV cache) whatever the training backend was
-    model, tokenizer, _ = load_model(args.ckpt, backend="numpy")
+    loaded = load(args.ckpt, backend="numpy")
+    model, tokenizer = loaded.model, loaded.require_tokenizer("sampling")
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     print_samples(model, tokenizer, prompt_ids, args.num_samples, args.max_new_tokens, args.seed,
                   args.temperature, args.top_k, args.top_p)

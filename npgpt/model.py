@@ -9,7 +9,12 @@ mlp = c_fc (C -> 4C), GELU, c_proj (4C -> C).  The LM head reuses
 Parameters are named as in Hugging Face's GPT-2 and live as views into one
 flat float buffer (`model.flat_params`), like llm.c's ParameterTensors:
 the optimizer, gradient clipping and checkpoints then each work on a
-single array.
+single array.  Gradients have the same layout (`Gradients`).
+
+To read the model's math in one sitting, start with npgpt/reference.py:
+the same forward and backward in the plain layers, without the fused-kernel
+branches, dropout and buffers this file adds for speed.  GPT's docstring
+shows the public methods at work.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -17,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import layers
+from .seeding import as_generator
 
 BACKENDS = ("numpy", "numba")
 
@@ -34,6 +40,13 @@ class GPTConfig:
     bias: bool = True
     dtype: str = "float32"
     backend: str = "numba"  # npgpt.kernels; "numpy" runs the reference layers
+    layer_norm_epsilon: float = 1e-5  # GPT-2's; Hugging Face configs name it so
+    n_inner: int | None = None  # the MLP's hidden width; None means 4 * n_embd, as in GPT-2
+    # LoRA adapters (npgpt/layers/lora.py; docs/layers/lora.md): rank 0 means none.
+    # Targets: comma-separated layer names out of LORA_TARGETS.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "attn.c_attn,attn.c_proj"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -50,9 +63,46 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"GPTConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be in (0, 1), got {eps!r}")
+        if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, (int, np.integer))
+                                         or self.n_inner <= 0):
+            raise ValueError(f"GPTConfig.n_inner must be a positive integer or None (4 * n_embd), got {self.n_inner!r}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, (int, np.integer)) or self.lora_rank < 0:
+            raise ValueError(f"GPTConfig.lora_rank must be an integer >= 0, got {self.lora_rank!r}")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
+            raise ValueError(f"GPTConfig.lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        lora_target_names(self.lora_targets)  # raises on an unknown name
+
+    @property
+    def mlp_width(self):
+        """The MLP's hidden width: n_inner, or 4 * n_embd when n_inner is None."""
+        return self.n_inner or 4 * self.n_embd
 
     def to_dict(self):
         return asdict(self)
+
+
+# The linear layers of a block that can carry a LoRA adapter; short names accepted too.
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+LORA_TARGET_ALIASES = {"c_attn": "attn.c_attn", "c_proj": "attn.c_proj", "c_fc": "mlp.c_fc"}
+
+
+def lora_target_names(targets):
+    """"c_attn,c_proj" -> ("attn.c_attn", "attn.c_proj"): canonical names in block order.
+
+    "c_proj" alone is attention's output projection; the MLP's is "mlp.c_proj".
+    """
+    if not isinstance(targets, str):
+        raise ValueError(f"GPTConfig.lora_targets must be a comma-separated string, got {targets!r}")
+    names = set()
+    for part in filter(None, (t.strip() for t in targets.split(","))):
+        name = LORA_TARGET_ALIASES.get(part, part)
+        if name not in LORA_TARGETS:
+            raise ValueError(f"unknown LoRA target {part!r}; choose from c_attn, c_proj, c_fc, mlp.c_proj")
+        names.add(name)
+    return tuple(t for t in LORA_TARGETS if t in names)
 
 
 def param_shapes(config):
@@ -75,9 +125,16 @@ def param_shapes(config):
         add_linear(f"h.{i}.attn.c_attn", C, 3 * C)
         add_linear(f"h.{i}.attn.c_proj", C, C)
         add_layernorm(f"h.{i}.ln_2")
-        add_linear(f"h.{i}.mlp.c_fc", C, 4 * C)
-        add_linear(f"h.{i}.mlp.c_proj", 4 * C, C)
+        add_linear(f"h.{i}.mlp.c_fc", C, config.mlp_width)
+        add_linear(f"h.{i}.mlp.c_proj", config.mlp_width, C)
     add_layernorm("ln_f")
+    if config.lora_rank:  # adapters last: the base weights stay one contiguous prefix of the buffer
+        r = config.lora_rank
+        for i in range(config.n_layer):
+            for target in lora_target_names(config.lora_targets):
+                c_in, c_out = shapes[f"h.{i}.{target}.weight"]
+                shapes[f"h.{i}.{target}.lora_a"] = (c_in, r)
+                shapes[f"h.{i}.{target}.lora_b"] = (r, c_out)
     return shapes
 
 
@@ -92,6 +149,19 @@ def views_into(flat, shapes):
     return views
 
 
+class Gradients(dict):
+    """{name: gradient} views into one flat buffer `.flat` (num_params,), laid out like model.params.
+
+    model.backward and model.loss_and_grad return it; AdamW.step takes it
+    (or its .flat).  Being a dict, it reads like the parameters:
+    grads["wte.weight"] has wte's shape.
+    """
+
+    def __init__(self, flat, shapes):
+        super().__init__(views_into(flat, shapes))
+        self.flat = flat
+
+
 def get_backend(name):
     """The module namespace whose submodules implement the layer contract."""
     if name == "numba":
@@ -104,12 +174,28 @@ def get_backend(name):
 class GPT:
     """A GPT-2 language model with hand-written backward passes.
 
-    model = GPT(GPTConfig(...), seed=0)
-    loss, cache = model.forward(idx, targets)   # idx, targets (B, T) ints
-    grads = model.backward(cache)               # {name: array shaped like params[name]}
+    >>> model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dtype="float64"), seed=0)
+    >>> idx = np.arange(16).reshape(2, 8) % 11
+    >>> targets = (idx + 1) % 11
+    >>> loss, grads = model.loss_and_grad(idx, targets)  # idx, targets (B, T) ints; grads: Gradients
+    >>> loss2, cache = model.forward(idx, targets)       # the same in two halves, one batch in one piece
+    >>> grads2 = model.backward(cache)                   # {name: array shaped like params[name]}, .flat
+    >>> bool(np.isclose(loss, loss2)), bool(np.allclose(grads.flat, grads2.flat))
+    (True, True)
+    >>> grads["h.0.mlp.c_fc.weight"].shape, grads.flat.shape == model.flat_params.shape
+    ((8, 32), True)
+    >>> model.generate([[1, 2], [3, 4]], max_new_tokens=5, temperature=0.8, top_k=3, seed=0).shape
+    (2, 7)
+    >>> model.generate([1, 2, 3], max_new_tokens=4, seed=0).shape   # one prompt: 1-D, prompt included
+    (7,)
+
+    workers: data-parallel threads for loss_and_grad (numba backend): None
+    chooses like `npgpt train` (npgpt.parallel.choose_workers), 1 runs each
+    batch in one piece; settable later as `model.workers`.
     """
 
-    def __init__(self, config, seed=0):
+    def __init__(self, config, seed=0, workers=None, init_weights=True):
+        """init_weights=False leaves the buffer zeroed, for a caller that loads weights next."""
         self.config = config
         self.dtype = np.dtype(config.dtype)
         self.shapes = param_shapes(config)
@@ -120,7 +206,18 @@ class GPT:
         # The numba kernels also offer fused variants (bias inside GELU, in-place
         # buffers); the model takes them where noted, the reference path stays plain.
         self.fused = config.backend == "numba"
-        self._init_weights(np.random.default_rng(seed))
+        self.workers = workers
+        self._parallel = None  # a npgpt.parallel.DataParallel, made on first use
+        self.lora_scale = config.lora_alpha / config.lora_rank if config.lora_rank else 0.0  # alpha / r
+        # names of parameters that do not train (npgpt.finetune.freeze): backward writes zeros
+        # for them and skips the weight-gradient products it can
+        self.frozen = frozenset()
+        if init_weights:
+            self._init_weights(np.random.default_rng(seed))
+        if self.fused:
+            from .firstrun import announce_compile_once
+
+            announce_compile_once()
 
     def _init_weights(self, rng):
         """GPT-2's init: N(0, 0.02); residual projections N(0, 0.02 / sqrt(2 n_layer)).
@@ -130,12 +227,42 @@ class GPT:
         """
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.params.items():
+            if ".lora_" in name:
+                continue  # adapters: init_adapters below
             if p.ndim == 2:
                 std = residual_std if name.endswith("c_proj.weight") else 0.02
                 p[...] = rng.normal(0.0, std, p.shape)
             elif name.endswith(".weight"):  # layer norm gains
                 p[...] = 1.0
             # biases stay 0: the flat buffer starts zeroed
+        self.init_adapters(rng)
+
+    def init_adapters(self, rng):
+        """Fresh LoRA adapters (if the config has any): a random, b zero, so the model is unchanged."""
+        for name in self.params:
+            if name.endswith(".lora_a"):
+                prefix = name[: -len(".lora_a")]
+                a, b = layers.lora.init(*self.shapes[prefix + ".weight"], self.config.lora_rank, rng)
+                self.params[name][...] = a
+                self.params[prefix + ".lora_b"][...] = b
+
+    # ------------------------------------------------------- pretrained files
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, backend=None, block_size=None):
+        """A Hugging Face GPT-2 folder (config.json + safetensors) or an npgpt checkpoint directory -> GPT.
+
+        block_size below the model's crops the position table.  The
+        tokenizer: npgpt.pretrained.load(path).tokenizer.  docs/pretrained.md
+        """
+        from .pretrained import from_pretrained
+
+        return from_pretrained(path, dtype=dtype, backend=backend, block_size=block_size)
+
+    def save_pretrained(self, directory, tokenizer=None, merge_lora=True):
+        """Write a folder transformers' GPT2LMHeadModel (and AutoTokenizer) load; LoRA adapters merged."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer, merge_lora=merge_lora)
 
     # ----------------------------------------------------------------- checks
     def _check_idx(self, idx, what="idx"):
@@ -172,40 +299,55 @@ class GPT:
         """idx (B, T) -> final hidden states (B, T, C), after ln_f."""
         ops, P, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if rng is not None else 0.0  # dropout only when training
+        eps = cfg.layer_norm_epsilon
         x, c = ops.embedding.forward(idx, P["wte.weight"], P["wpe.weight"])  # (B, T, C)
         caches.append(c)
         x, c = ops.dropout.forward(x, p_drop, rng)
         caches.append(c)
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
-            h, c_ln1 = ops.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"))
-            qkv, c_qkv = ops.linear.forward(h, P[pre + "attn.c_attn.weight"], P.get(pre + "attn.c_attn.bias"))  # (B, T, 3C)
+            h, c_ln1 = ops.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
+            qkv, c_qkv = self._linear(h, pre + "attn.c_attn")  # (B, T, 3C)
             a, c_att = ops.attention.forward(qkv, cfg.n_head)  # (B, T, C)
-            a, c_aproj = ops.linear.forward(a, P[pre + "attn.c_proj.weight"], P.get(pre + "attn.c_proj.bias"))
+            a, c_aproj = self._linear(a, pre + "attn.c_proj")
             a, c_adrop = ops.dropout.forward(a, p_drop, rng)
             x = x + a  # residual
-            h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"))
-            h, c_fc, c_gelu = self._mlp_up(h, P[pre + "mlp.c_fc.weight"], P.get(pre + "mlp.c_fc.bias"))  # (B, T, 4C)
-            h, c_mproj = ops.linear.forward(h, P[pre + "mlp.c_proj.weight"], P.get(pre + "mlp.c_proj.bias"))  # (B, T, C)
+            h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
+            h, c_fc, c_gelu = self._mlp_up(h, pre + "mlp.c_fc")  # (B, T, 4C)
+            h, c_mproj = self._linear(h, pre + "mlp.c_proj")  # (B, T, C)
             h, c_mdrop = ops.dropout.forward(h, p_drop, rng)
             x = x + h  # residual
             caches.append((c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop))
-        x, c = ops.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"))
+        x, c = ops.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
         caches.append(c)
         return x
 
-    def _mlp_up(self, h, w, b):
-        """gelu(h @ w + b): (B, T, C) -> (B, T, 4C), and the caches of both layers.
+    def _linear(self, x, prefix, with_bias=True):
+        """x @ w + b of the layer named prefix, plus its LoRA adapter's x @ a @ b * scale if it has one.
+
+        -> (out, cache); the cache is the linear layer's, or (its, the adapter's).
+        """
+        P = self.params
+        out, cache = self.ops.linear.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias") if with_bias else None)
+        if prefix + ".lora_a" not in P:
+            return out, cache
+        delta, c_lora = self.ops.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], self.lora_scale)
+        out += delta
+        return out, (cache, c_lora)
+
+    def _mlp_up(self, h, prefix):
+        """gelu(h @ w + b) of the layer named prefix: (B, T, C) -> (B, T, 4C), and the caches of both layers.
 
         The kernels add the bias inside the GELU pass (one pass over the
         (B, T, 4C) activations instead of two); the reference runs the two
         layers one after the other.
         """
+        b = self.params.get(prefix + ".bias")
         if self.fused and b is not None:
-            h, c_fc = self.ops.linear.forward(h, w, None)
+            h, c_fc = self._linear(h, prefix, with_bias=False)
             h, c_gelu = self.ops.gelu.bias_forward(h, b)  # adds b to the fresh h @ w in place
             return h, c_fc, c_gelu
-        h, c_fc = self.ops.linear.forward(h, w, b)
+        h, c_fc = self._linear(h, prefix)
         h, c_gelu = self.ops.gelu.forward(h)
         return h, c_fc, c_gelu
 
@@ -222,10 +364,12 @@ class GPT:
     def forward(self, idx, targets, rng=None, label_smoothing=0.0, ignore_index=-1):
         """idx, targets (B, T) ints -> (scalar loss, cache).
 
-        rng: a np.random.Generator turns dropout on (training); None is
-        evaluation mode.  The loss is the mean cross-entropy over targets
-        that are not ignore_index.
+        rng: a np.random.Generator (or an int seed) turns dropout on
+        (training); None is evaluation mode.  The loss is the mean
+        cross-entropy over targets that are not ignore_index.
         """
+        if rng is not None:
+            rng = as_generator(rng)
         idx = self._check_idx(idx)
         self._check_tokens(idx, self.config.vocab_size)
         targets = self._check_targets(targets, idx, ignore_index)
@@ -252,8 +396,8 @@ class GPT:
         ops, P, cfg = self.ops, self.params, self.config
         if not cache:
             raise ValueError("this forward cache was already used by a backward")
-        flat = np.zeros(self.num_params, self.dtype) if out is None else out
-        G = views_into(flat, self.shapes)
+        G = Gradients(self._gradient_buffer(out), self.shapes)
+        frozen = self.frozen
         caches = list(cache)
         if self.fused:
             cache.clear()  # from here on `caches` holds the only references
@@ -265,14 +409,13 @@ class GPT:
         else:
             dlogits = ops.cross_entropy.backward(dloss, c_ce)  # (B, T, V)
         # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
-        dx = self._linear_backward(dlogits, c_head, G["wte.weight"].T, None)
+        dx = self._linear_backward(dlogits, c_head, None if "wte.weight" in frozen else G["wte.weight"].T, None)
         del dlogits
-        self.backward_hidden(dx, caches, G)
-        return G
+        return self.backward_hidden(dx, caches, G)
 
     def backward_hidden(self, dx, caches, G):
         """The backward of _hidden: dx (B, T, C), the gradient at the final hidden
-        states, back through ln_f, the blocks and the embeddings.
+        states, back through ln_f, the blocks and the embeddings -> G.
 
         caches: _hidden's caches (consumed: popped from the end).  G: the
         gradient views; every parameter's entry is overwritten, except
@@ -280,7 +423,7 @@ class GPT:
         have written its share first; zero it if nothing did).  A model with
         another head on top (npgpt/classify.py) calls this with its own dx.
         """
-        ops, cfg = self.ops, self.config
+        ops, cfg, frozen = self.ops, self.config, self.frozen
         dx, dw, db = ops.layernorm.backward(dx, caches.pop())
         _store(G, "ln_f", dw, db)
         for i in reversed(range(cfg.n_layer)):
@@ -288,27 +431,29 @@ class GPT:
             c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop = caches.pop()
             # MLP branch: x = x + drop(c_proj(gelu(c_fc(ln_2(x)))))
             dh = ops.dropout.backward(dx, c_mdrop)
-            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj"))
+            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj", frozen))
             if self.fused and cfg.bias:
                 dh, db = ops.gelu.bias_backward(dh, c_gelu)  # also sums c_fc's bias gradient
                 G[pre + "mlp.c_fc.bias"][...] = db
             else:
                 dh = ops.gelu.backward(dh, c_gelu)
-            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc"))
+            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc", frozen))
             dh, dw, db = ops.layernorm.backward(dh, c_ln2)
             _store(G, pre + "ln_2", dw, db)
             dx += dh  # the residual passes dx through unchanged; the branch adds its part
             # attention branch: x = x + drop(c_proj(attn(c_attn(ln_1(x)))))
             da = ops.dropout.backward(dx, c_adrop)
-            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj"))
+            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj", frozen))
             dqkv = ops.attention.backward(da, c_att)
-            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn"))
+            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn", frozen))
             dh, dw, db = ops.layernorm.backward(dh, c_ln1)
             _store(G, pre + "ln_1", dw, db)
             dx += dh
 
         dx = ops.dropout.backward(dx, caches.pop())
         c_emb = caches.pop()
+        if {"wte.weight", "wpe.weight"} <= frozen:
+            return _zero_frozen(G, frozen)
         if self.fused:  # add the lookup's gradient into wte in place: no (V, C) temporary
             G["wpe.weight"][...] = 0.0
             ops.embedding.backward_into(dx, c_emb, G["wte.weight"], G["wpe.weight"])
@@ -316,14 +461,124 @@ class GPT:
             dwte, dwpe = ops.embedding.backward(dx, c_emb)
             G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
             G["wpe.weight"][...] = dwpe
+        return _zero_frozen(G, frozen)
 
-    def _linear_backward(self, dout, cache, dw, db):
+    def _gradient_buffer(self, out):
+        """out: None (a new buffer), a Gradients or a flat (num_params,) array of the model's dtype."""
+        if out is None:
+            return np.zeros(self.num_params, self.dtype)
+        if isinstance(out, Gradients):
+            out = out.flat
+        if (not isinstance(out, np.ndarray) or out.shape != (self.num_params,) or out.dtype != self.dtype
+                or not out.flags.c_contiguous):
+            raise ValueError(f"the gradient buffer must be a Gradients or a contiguous ({self.num_params},) "
+                             f"{self.dtype} array, got {type(out).__name__} {getattr(out, 'shape', '')}")
+        return out
+
+    # ------------------------------------------------------- the public loop API
+    def loss_and_grad(self, idx, targets, grads=None, rng=None, label_smoothing=0.0, ignore_index=-1):
+        """idx, targets (B, T) ints -> (mean loss, Gradients): one training step's forward and backward.
+
+        grads: a Gradients (or flat buffer) to write into, reused across
+        steps; a new one when None.  rng: a Generator or int seed turns
+        dropout on.  With the numba backend the batch is split across
+        data-parallel workers as `npgpt train` does (see `workers`); the
+        result equals one forward + backward of the whole batch up to float
+        rounding.
+        """
+        buffer = self._gradient_buffer(grads)
+        grads = grads if isinstance(grads, Gradients) else Gradients(buffer, self.shapes)
+        if rng is not None:
+            rng = as_generator(rng)
+        idx = self._check_idx(idx)
+        parallel = self._data_parallel(idx.shape[0])
+        if parallel is not None:
+            self._check_tokens(idx, self.config.vocab_size)
+            self._check_targets(targets, idx, ignore_index)
+            loss = parallel.loss_and_grad(idx, np.asarray(targets), grads.flat, rng=rng,
+                                          label_smoothing=label_smoothing, ignore_index=ignore_index)
+            return loss, grads
+        loss, cache = self.forward(idx, targets, rng=rng, label_smoothing=label_smoothing,
+                                   ignore_index=ignore_index)
+        self.backward(cache, out=grads.flat)
+        return loss, grads
+
+    def _data_parallel(self, batch_size):
+        """The DataParallel that loss_and_grad uses for this batch size, or None for one piece."""
+        if self.config.backend != "numba" or batch_size < 2:
+            return None
+        from .parallel import DataParallel, choose_workers
+
+        workers = choose_workers(self, batch_size) if self.workers is None else int(self.workers)
+        if workers < 1:
+            raise ValueError(f"model.workers must be None (automatic) or >= 1, got {self.workers!r}")
+        if workers == 1:
+            return None
+        if self._parallel is None or self._parallel.workers != workers:
+            if self._parallel is not None:
+                self._parallel.close()
+            self._parallel = DataParallel(self, workers)
+        return self._parallel
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """Continue each prompt by max_new_tokens sampled ids, with the KV cache.
+
+        idx: (B, T) prompt ids, or a 1-D list/array of one prompt's ids.
+        Returns the prompts with their continuations: (B, T + max_new_tokens),
+        or 1-D for a 1-D prompt.  temperature 0 is greedy; top_k keeps the k
+        most likely tokens, top_p the smallest set reaching probability p.
+        seed: None (random), an int, or a np.random.Generator.
+        """
+        from .generate import check_sampling, generate
+
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        prompts = np.asarray(idx)
+        one_prompt = prompts.ndim == 1
+        prompts = prompts[None, :] if one_prompt else prompts
+        if prompts.ndim != 2 or prompts.size == 0 or prompts.dtype.kind not in "iu":
+            raise ValueError(f"idx must be a non-empty 1-D or (B, T) array of token ids, got shape {prompts.shape}")
+        self._check_tokens(prompts, self.config.vocab_size)
+        rng = as_generator(seed)
+        rows = [list(row) + list(generate(self, row, max_new_tokens, rng, temperature, top_k, top_p))
+                for row in prompts]
+        out = np.array(rows, dtype=np.int64)
+        return out[0] if one_prompt else out
+
+    def attention_maps(self, idx):
+        """Every head's attention probabilities: idx (B, T) -> (n_layer, B, nh, T, T); 1-D idx (T,) ->
+        (n_layer, nh, T, T).  Row t of a map is how query t spreads its attention over keys 0..t."""
+        from . import reference
+
+        prompts = np.asarray(idx)
+        one_prompt = prompts.ndim == 1
+        prompts = self._check_idx(prompts[None, :] if one_prompt else prompts)
+        self._check_tokens(prompts, self.config.vocab_size)
+        _, _, cache = reference.forward(self.params, self.config, prompts)
+        maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        return maps[:, 0] if one_prompt else maps
+
+    def _linear_backward(self, dout, cache, dw, db, dlora=None):
         """A linear layer's backward -> dx; its weight and bias gradients land in
-        dw and db (views of the flat gradient buffer; db None without a bias).
+        dw and db (views of the flat gradient buffer; db None without a bias),
+        its adapter's in dlora = (da, db) when it has one.
 
         The kernels write them there directly; the reference returns new
         arrays, which are copied in.
         """
+        if dlora is not None:  # an adapted layer: out = x @ w + b + lora(x); dx gets both paths
+            cache, c_lora = cache
+            dx_lora, da, db_lora = self.ops.lora.backward(dout, c_lora)
+            dlora[0][...] = da
+            dlora[1][...] = db_lora
+            dx = self._linear_backward(dout, cache, dw, db)
+            dx += dx_lora
+            return dx
+        if dw is None:  # a frozen weight: skip dW's product, as costly as the forward's
+            x, w, has_bias = cache
+            dout2 = dout.reshape(-1, w.shape[1])
+            if has_bias and db is not None:
+                np.sum(dout2, axis=0, out=db)
+            return (dout2 @ w.T).reshape(x.shape)
         if self.fused:
             return self.ops.linear.backward_into(dout, cache, dw, db)
         dx, dw_new, db_new = self.ops.linear.backward(dout, cache)
@@ -333,9 +588,19 @@ class GPT:
         return dx
 
 
-def _grads_of(grads, prefix):
-    """-> (weight gradient, bias gradient or None) of the layer named prefix."""
-    return grads[prefix + ".weight"], grads.get(prefix + ".bias")
+def _grads_of(grads, prefix, frozen=frozenset()):
+    """-> (weight gradient, bias gradient, (adapter's da, db)) of the layer named prefix;
+    None for a missing bias or adapter, and for a frozen parameter (whose gradient stays zero)."""
+    dlora = (grads[prefix + ".lora_a"], grads[prefix + ".lora_b"]) if prefix + ".lora_a" in grads else None
+    w, b = prefix + ".weight", prefix + ".bias"
+    return (None if w in frozen else grads[w]), (None if b in frozen else grads.get(b)), dlora
+
+
+def _zero_frozen(grads, frozen):
+    """Frozen parameters' gradients are exactly zero, whatever was computed or skipped on the way."""
+    for name in frozen:
+        grads[name][...] = 0.0
+    return grads
 
 
 def _store(grads, prefix, dw, db):

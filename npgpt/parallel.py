@@ -23,8 +23,18 @@ each), and a sum over it every step: cheap for a small model, 500 MB at
 GPT-2 124M, whose products are large enough for BLAS to split well anyway.
 `choose_workers` draws that line.
 
-    parallel = DataParallel(model, workers=2)
-    loss = parallel.loss_and_grad(x, y, grad)      # x, y (B, T); grad (N,) overwritten
+`model.loss_and_grad` uses this on its own; to drive it by hand:
+
+    >>> import numpy as np, npgpt
+    >>> model = npgpt.GPT(npgpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    >>> parallel = DataParallel(model, workers=2)
+    >>> x = np.arange(32).reshape(4, 8) % 11
+    >>> grad = np.empty_like(model.flat_params)
+    >>> loss = parallel.loss_and_grad(x, (x + 1) % 11, grad)   # x, y (B, T); grad (N,) overwritten
+    >>> one_piece, cache = model.forward(x, (x + 1) % 11)
+    >>> bool(np.isclose(loss, one_piece)), bool(np.allclose(grad, model.backward(cache).flat, atol=1e-6))
+    (True, True)
+    >>> parallel.close()
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -101,7 +111,7 @@ class DataParallel:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if workers > 1 and not threads_may_share_kernels():
             raise ValueError("data-parallel workers need Numba's 'omp' or 'tbb' threading layer; this Numba "
-                             "fell back to 'workqueue' (use one worker: --workers 1)")
+                             "fell back to 'workqueue' (use one worker)")
         self.model, self.workers = model, workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="npgpt-shard",
                                         initializer=_one_thread_per_worker)

@@ -3,21 +3,38 @@
     npgpt train                                   # char model on Tiny Shakespeare, ~5 min on 2 cores
     npgpt train --data my.txt --max-iters 5000 --out out-mine
     npgpt train --resume out-mine --max-iters 8000   # continue exactly where it stopped
+    npgpt train --init-from out-mine --data other.txt --out out-tuned   # fine-tune
 
-One iteration: draw grad_accum micro-batches of random windows, average
-their gradients, clip, take one AdamW step at the schedule's rate.  Every
-eval_interval iterations: validation loss (mean over eval_iters random
-validation batches), a line in OUT/metrics.jsonl, and a checkpoint when
-the validation loss improved.  At the end (or on Ctrl-C) a final
-checkpoint, then a sample.
+One loop (Trainer) for every task: language modelling here, classification
+and seq2seq elsewhere.  A task (npgpt/tasks.py, which states the protocol)
+draws batches, computes a loss and its gradient and evaluates; the Trainer
+does everything else, the same way for all of them:
 
-Settings come from, in increasing priority: the defaults below, the
-checkpoint being resumed, a --config TOML file, and command-line flags.
+- one iteration: grad_accum micro-batches, their gradients averaged, a
+  non-finite loss or gradient stopping the run (naming the first bad
+  tensor), an optional z-score outlier skip, clipping, one AdamW step at
+  the schedule's rate;
+- every log_interval iterations a record in OUT/steps.jsonl (loss, lr,
+  gradient norm and clipping, ms per step, tokens/s, MFU), after a header
+  naming the run's settings, versions, CPU and git revision;
+- every eval_interval iterations the task's evaluation, a line in
+  OUT/metrics.jsonl, and a checkpoint when the validation loss improved;
+  OUT/best.json names the best-validation snapshot, checkpoint.json the
+  latest (npgpt/checkpoint.py);
+- at the end (or on Ctrl-C / SIGTERM) a final checkpoint; resuming it is
+  bit-exact (weights, AdamW moments, RNGs, schedule, outlier windows).
+
+Settings come from, in increasing priority: the defaults below (or the
+fine-tuning defaults with --init-from), the checkpoint being resumed, a
+--config TOML file, and command-line flags.
 """
 import argparse
+import datetime
+import functools
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -29,13 +46,19 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from . import checkpoint, data, safeload
+from . import checkpoint, safeload
 from .errors import UserError
 from .evaluate import perplexity
+from .lock import lock_out_dir
 from .memory import keep_freed_memory
-from .model import GPT, GPTConfig
-from .optim import SCHEDULES, AdamW, accumulate_gradients, make_schedule
-from .parallel import DataParallel, choose_workers
+from .model import GPTConfig, views_into
+from .optim import SCHEDULES, AdamW, kernels_for, make_schedule
+from .parallel import choose_workers
+from .resources import check_training_run
+from .tasks import LanguageModelingTask, estimate_loss, initial_model_settings  # noqa: F401 (estimate_loss: docs)
+
+METRICS = "metrics.jsonl"  # one record per evaluation
+STEP_LOG = "steps.jsonl"  # a header per start or resume, one record per --log-interval, skipped updates
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,17 @@ class TrainConfig:
     backend: str = GPTConfig().backend  # the model's default: whoever tunes the kernels decides it
     workers: int = 0  # data-parallel threads; 0: automatic (npgpt.parallel.choose_workers)
     sample_tokens: int = 500  # printed at the end; 0: none
+    init_from: str | None = None  # fine-tune this model (an npgpt output directory) instead of a new one
+    log_interval: int = 10  # iterations per step-log record in OUT/steps.jsonl; 0: no step log
+    skip_loss_z: float = 0.0  # skip an update whose loss z-score exceeds this; 0: never
+    skip_grad_z: float = 0.0  # skip an update whose gradient-norm z-score exceeds this; 0: never
+
+
+# Fine-tuning defaults, used with --init-from for the settings the user did not give (docs/training.md):
+# a pretrained model needs small steps to keep what it knows, and a small corpus is learnt
+# (then overfit) in a few hundred of them, so evaluate often and keep the best snapshot.
+FINETUNE_DEFAULTS = dict(lr=1e-4, min_lr=1e-5, warmup_iters=20, max_iters=500, eval_interval=50)
+FINETUNE_MAX_BLOCK = 256  # default context when fine-tuning: the model's, at most this (CPU time grows with T^2)
 
 
 # Settings that define the model: a resumed run may not change them.
@@ -115,6 +149,14 @@ HELP = {
     "workers": "data-parallel threads, each running the whole model on a slice of the batch "
                "(0: one per core for models under 30M parameters, else 1)",
     "sample_tokens": "tokens to sample at the end (0: no sample)",
+    "init_from": "fine-tune the model in this npgpt output directory (its best snapshot): its size and "
+                 "tokenizer are kept, and unset settings take fine-tuning defaults (docs/training.md)",
+    "log_interval": "write a step-log record (loss, lr, gradient norm, clipping, ms/step, tokens/s, MFU) "
+                    "to OUT/steps.jsonl every N iterations (0: none)",
+    "skip_loss_z": "skip the update of a step whose loss is more than this many standard deviations above "
+                   "the last 128 steps' (0: never)",
+    "skip_grad_z": "skip the update of a step whose gradient norm is more than this many standard deviations "
+                   "above the last 128 steps' (0: never)",
 }
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
            "backend": ("numpy", "numba")}
@@ -191,7 +233,7 @@ def validate(cfg):
                  "eval_interval", "eval_iters", "lr_step_every"):
         if getattr(cfg, name) < 1:
             bad(name, "a positive integer", getattr(cfg, name))
-    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers"):
+    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers", "log_interval"):
         if getattr(cfg, name) < 0:
             bad(name, ">= 0", getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -201,7 +243,7 @@ def validate(cfg):
     for name in ("dropout", "label_smoothing", "beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             bad(name, "in [0, 1)", getattr(cfg, name))
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "skip_loss_z", "skip_grad_z"):
         if not (getattr(cfg, name) >= 0 and math.isfinite(getattr(cfg, name))):
             bad(name, ">= 0", getattr(cfg, name))
     if not 0 < cfg.lr_gamma <= 1:
@@ -217,10 +259,17 @@ def validate(cfg):
 
 
 def resolve_settings(args):
-    """(TrainConfig, checkpoint to resume or None) from defaults, checkpoint, TOML and flags."""
+    """(TrainConfig, checkpoint to resume or None) from defaults, checkpoint, TOML and flags.
+
+    With --init-from, the model being fine-tuned fixes the model's settings and the
+    fine-tuning defaults (FINETUNE_DEFAULTS) replace the from-scratch ones.
+    """
     given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     from_file = read_toml(args.config) if args.config else {}
     requested = {**from_file, **given}
+    for name in ("data", "init_from"):
+        if requested.get(name) is not None:
+            requested[name] = os.path.abspath(requested[name])  # a checkpoint must find it from anywhere
     ckpt = None
     if args.resume:
         ckpt = checkpoint.load(args.resume)
@@ -232,15 +281,17 @@ def resolve_settings(args):
             if name in requested and requested[name] != getattr(base, name):
                 raise UserError(f"cannot resume {args.resume} with a different model: it has "
                                 f"{name.replace('_', '-')}={getattr(base, name)}, you asked for {requested[name]}")
+        if requested.get("init_from", base.init_from) != base.init_from:
+            raise UserError(f"--init-from starts a new run; --resume {args.resume} continues the one there")
         model_block = int(ckpt.config.get("block_size", 0))
         if requested.get("block_size", base.block_size) > model_block:
             raise UserError(f"--block-size {requested['block_size']} is larger than the model's block_size "
                             f"{model_block} in {args.resume}")
         requested.setdefault("out", args.resume)
+    elif requested.get("init_from") is not None:
+        base = finetuning_base(requested)
     else:
         base = TrainConfig()
-    if "data" in requested and requested["data"] is not None:
-        requested["data"] = os.path.abspath(requested["data"])  # a checkpoint must find it from anywhere
     cfg = replace(base, **requested)
     if cfg.lr_decay_iters is None:
         # fixed at the start and saved, so that resuming with a larger --max-iters never
@@ -248,6 +299,21 @@ def resolve_settings(args):
         cfg = replace(cfg, lr_decay_iters=cfg.max_iters)
     validate(cfg)
     return cfg, ckpt
+
+
+def finetuning_base(requested):
+    """The defaults of a fine-tuning run: FINETUNE_DEFAULTS, and the model's own size and tokenizer."""
+    path = requested["init_from"]
+    model = initial_model_settings(path)
+    for name in MODEL_SETTINGS:
+        if name in model and name in requested and requested[name] != model[name]:
+            raise UserError(f"--init-from {path} fixes the model: it has {name.replace('_', '-')}={model[name]}, "
+                            f"you asked for {requested[name]}")
+    if requested.get("block_size", 0) > model["block_size"]:
+        raise UserError(f"--block-size {requested['block_size']} is larger than the model's block_size "
+                        f"{model['block_size']} in {path}")
+    block_size = min(model.pop("block_size"), FINETUNE_MAX_BLOCK)
+    return TrainConfig(**FINETUNE_DEFAULTS, **model, block_size=block_size)
 
 
 def prepare_out_dir(out, resume, overwrite):
@@ -285,127 +351,318 @@ def rng_from_state(state):
     return rng
 
 
-# ------------------------------------------------------------------ evaluation
-def estimate_loss(model, tokens, batch_size, block_size, n_batches, rng, parallel=None):
-    """Mean loss over n_batches random windows of tokens (no dropout); parallel splits each batch."""
-    losses = []
-    for _ in range(n_batches):
-        x, y = data.get_batch(tokens, batch_size, block_size, rng)
-        losses.append(parallel.loss(x, y) if parallel is not None else model.forward(x, y)[0])
-    return float(np.mean(losses))
+# ------------------------------------------------------------------ guardrails
+class OutlierDetector:
+    """z-score of a value against the previous WINDOW values (llm.c's -sl / -sg).
+
+    z(x) is None until the window is full.  Every value enters the window,
+    skipped ones included (as llm.c does), so that a lasting change of level
+    widens the window's spread and is not skipped for ever.  The state is
+    the list of values itself: saved in the checkpoint, so a resumed run
+    skips exactly the steps the straight run skips.
+    """
+
+    WINDOW = 128
+
+    def __init__(self, values=()):
+        self.values = [float(v) for v in values][-self.WINDOW:]
+
+    def z(self, x):
+        if len(self.values) < self.WINDOW:
+            return None
+        window = np.array(self.values, dtype=np.float64)
+        mean, std = float(window.mean()), float(window.std())
+        if std == 0.0:
+            return 0.0 if x == mean else math.copysign(math.inf, x - mean)
+        return (float(x) - mean) / std
+
+    def add(self, x):
+        self.values.append(float(x))
+        del self.values[:-self.WINDOW]
+
+
+def first_non_finite_tensor(model, grad):
+    """'weight NAME' or 'the gradient of NAME' for the first tensor (storage order) holding NaN or inf,
+    weights first (a bad weight is a cause, the gradients it spoils are consequences); None if all are finite."""
+    bad = checkpoint.first_non_finite(model.params)
+    if bad is not None:
+        return f"weight {bad}"
+    bad = checkpoint.first_non_finite(views_into(grad, model.shapes))
+    return None if bad is None else f"the gradient of {bad}"
+
+
+# ------------------------------------------------------------------ the step log
+@functools.cache
+def matmul_peak_flops(n=1024, repeats=3):
+    """This machine's float32 matrix-product rate, FLOP/s: the fastest of a few (n, n) products,
+    measured once per process.  The fastest, not the median (npgpt bench's choice): on a
+    shared machine the median measures the other jobs, and MFU would pass 100%."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    fastest = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * n**3 / fastest
+
+
+def machine_description():
+    """CPU model, core and thread counts, BLAS libraries: for the step log's header."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = [{"library": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()
+            if i.get("user_api") == "blas"]
+    return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS, "blas": blas}
+
+
+def package_versions():
+    import numba
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "npgpt": __version__}
+
+
+def git_revision():
+    """{"commit": sha, "dirty": bool} of the npgpt source tree when it is a git checkout, else None."""
+    import subprocess
+
+    where = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())} if commit else None
+
+
+class StepWindow:
+    """What happened since the last step-log record: losses, norms, clip and skip counts, time."""
+
+    def __init__(self):
+        self.losses, self.norms, self.clipped, self.skipped, self.seconds = [], [], 0, 0, 0.0
+
+    def add(self, loss, norm, clipped, skipped, seconds):
+        self.losses.append(float(loss))
+        if norm is not None:
+            self.norms.append(norm)
+        self.clipped += clipped
+        self.skipped += skipped
+        self.seconds += seconds
 
 
 # ------------------------------------------------------------------ the trainer
 class Trainer:
-    """Model, optimizer, schedule, data and RNGs of one run, and the loop that advances them."""
+    """The one training loop: optimizer, schedule, RNGs, checkpoints and logs of a run of any task.
 
-    def __init__(self, cfg, ckpt=None, progress=True, out=None):
-        self.cfg, self.progress, self.out = cfg, progress, out or sys.stdout
-        text = data.load_text(cfg.data)
-        if ckpt is None:
-            self.tokenizer = data.build_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
-        else:
-            from .tokenizers import from_dict
+    cfg: the run's settings (a TrainConfig, or anything with its loop fields).
+    task: see npgpt/tasks.py; it owns the model, the data and the metrics.
+    ckpt: a checkpoint being resumed (the task has already read its model from it).
+    """
 
-            self.tokenizer = from_dict(ckpt.tokenizer)
-        try:
-            self.corpus = data.make_corpus(text, self.tokenizer)
-        except ValueError as e:  # characters the resumed model has never seen
-            raise UserError(f"cannot encode {cfg.data or data.BUNDLED} with the checkpoint's tokenizer: {e}") from None
-        data.check_long_enough(self.corpus.train, cfg.block_size, "training split (90% of the corpus)")
-        data.check_long_enough(self.corpus.val, cfg.block_size, "validation split (10% of the corpus)")
-
-        backend = cfg.backend  # GPTConfig validates the name
-        if ckpt is None:
-            model_config = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size,
-                                     n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=backend)
-            self.model = GPT(model_config, seed=cfg.seed)
-        else:
-            self.model = checkpoint.build_model(ckpt, dropout=cfg.dropout, backend=backend)
-        self.optimizer = AdamW(self.model, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                               grad_clip=cfg.grad_clip)
-        self.schedule = make_schedule(cfg.lr_schedule, cfg.lr, cfg.min_lr, cfg.warmup_iters,
-                                      cfg.lr_decay_iters, cfg.lr_step_every, cfg.lr_gamma,
-                                      cfg.lr_patience)
-        self.grad = np.zeros_like(self.model.flat_params)
+    def __init__(self, cfg, task, ckpt=None, progress=True, out=None):
+        self.task, self.progress, self.out = task, progress, out or sys.stdout
+        self.model = model = task.model
         if cfg.workers == 0:
             # Fixed at the start and saved, like lr_decay_iters: the number of shards
             # decides the order of float sums (and the dropout streams), so a run
             # resumed on a machine with another core count still splits the same way.
-            self.cfg = cfg = replace(cfg, workers=choose_workers(self.model, cfg.batch_size))
-        self.parallel = DataParallel(self.model, cfg.workers) if cfg.workers > 1 else None
+            cfg = replace(cfg, workers=choose_workers(model, cfg.batch_size))
+        if cfg.lr_decay_iters is None:  # as resolve_settings does: fixed at the start and saved
+            cfg = replace(cfg, lr_decay_iters=cfg.max_iters)
+        self.cfg = cfg
+        if hasattr(task, "set_workers"):
+            task.set_workers(cfg.workers)
+        self.optimizer = self.make_optimizer(model)
+        self.schedule = make_schedule(cfg.lr_schedule, cfg.lr, cfg.min_lr, cfg.warmup_iters,
+                                      cfg.lr_decay_iters, cfg.lr_step_every, cfg.lr_gamma,
+                                      cfg.lr_patience)
+        self.grad = np.zeros_like(model.flat_params)
         self.scratch = np.zeros_like(self.grad) if cfg.grad_accum > 1 else None
-        self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.grad_accum
+        self.tokens_per_iter = task.tokens_per_batch * cfg.grad_accum
+        flops = getattr(task, "flops_per_batch", None)
+        self.flops_per_iter = None if flops is None else flops * cfg.grad_accum
+        self._global_norm = kernels_for(model.config.backend)[1]
 
         if ckpt is None:
-            self.iter, self.best_val = 0, math.inf
+            self.iter, self.best_val, self.tokens = 0, math.inf, 0
+            self.best_saved = None  # {"iter", "val_loss"} of the best snapshot on disk
             self.data_rng = np.random.default_rng([cfg.seed, 1])  # batches
             self.dropout_rng = np.random.default_rng([cfg.seed, 2])  # dropout masks
             self.elapsed = 0.0
+            self.loss_outliers, self.grad_outliers = OutlierDetector(), OutlierDetector()
         else:
             self._restore(ckpt)
             if cfg.max_iters <= self.iter:
                 raise UserError(f"{cfg.out} is already at iteration {self.iter}; pass a --max-iters above it "
                                 f"to train further")
+        self.resumed = ckpt is not None
         self.saved_iter = self.iter if ckpt is not None else None
-        self.last_val = None
+        self.last_val, self.last_eval_iter, self.eval_metrics = None, None, {}
+        self.step_skipped = False
+
+    def make_optimizer(self, model):
+        """AdamW over the model's flat parameters.  Training a subset (frozen layers, LoRA adapters)
+        is this one call given the trainable parameters instead of the whole model."""
+        cfg = self.cfg
+        return AdamW(model, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
     def _restore(self, ckpt):
         state = ckpt.state
+        task_state = state.get("task") or {"name": "lm"}  # checkpoints from before tasks were language models
+        saved_task = task_state.get("name") if isinstance(task_state, dict) else None
+        if saved_task != self.task.name:
+            raise UserError(f"cannot resume {ckpt.path} as a {self.task.name!r} run: it holds a {saved_task!r} run")
         try:
             self.iter = int(state["iter"])
             best = state["best_val_loss"]
             self.best_val = math.inf if best is None else float(best)
+            self.best_saved = state.get("best_checkpoint")
+            if self.best_saved is not None:
+                self.best_saved = {"iter": int(self.best_saved["iter"]), "val_loss": float(self.best_saved["val_loss"])}
             self.data_rng = rng_from_state(state["rng"]["data"])
             self.dropout_rng = rng_from_state(state["rng"]["dropout"])
             self.schedule.load_state_dict(state["schedule"])
-            self.optimizer.load_state_dict(ckpt.optimizer, state["optimizer"])
+            self.optimizer.load_state_dict({**ckpt.optimizer, **state["optimizer"]})  # m, v + {"step": n}
             self.elapsed = float(state.get("elapsed", 0.0))
+            self.tokens = int(state.get("tokens", self.iter * self.tokens_per_iter))
+            outliers = state.get("outliers") or {}
+            self.loss_outliers = OutlierDetector(outliers.get("loss", ()))
+            self.grad_outliers = OutlierDetector(outliers.get("grad_norm", ()))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
             raise UserError(f"corrupt checkpoint: {ckpt.path} training state is incomplete ({e})") from None
 
     # ---------------------------------------------------------------- pieces
+    @property
+    def tokenizer(self):
+        return self.task.tokenizer
+
     def state(self):
         """The JSON training state a checkpoint stores (arrays go separately)."""
-        _, opt_scalars = self.optimizer.state_dict()
+        opt_scalars = {"step": self.optimizer.step_count}  # m and v go to optimizer.safetensors
         return {"iter": self.iter, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                "best_checkpoint": self.best_saved,
                 "train_config": asdict(self.cfg), "optimizer": opt_scalars, "schedule": self.schedule.state_dict(),
                 "rng": {"data": rng_state(self.data_rng), "dropout": rng_state(self.dropout_rng)},
-                "elapsed": self.elapsed}
+                "elapsed": self.elapsed, "tokens": self.tokens,
+                "outliers": {"loss": self.loss_outliers.values, "grad_norm": self.grad_outliers.values},
+                "task": {"name": self.task.name, **self.task.checkpoint_extras()}}
 
     def save(self):
+        """Save the latest snapshot; it is also the best one when this iteration's validation loss
+        is the lowest of any saved snapshot."""
         if self.saved_iter == self.iter:
             return
         bad = checkpoint.first_non_finite(self.model.params)
         if bad is not None:  # never replace a good checkpoint by a NaN one
             raise diverged(self.cfg.out, self.iter, f"weight {bad} is not finite")
-        arrays, _ = self.optimizer.state_dict()
-        checkpoint.save(self.cfg.out, self.model, self.tokenizer, self.state(), arrays)
+        best = (self.last_eval_iter == self.iter and self.last_val is not None
+                and (self.best_saved is None or self.last_val < self.best_saved["val_loss"]))
+        if best:
+            self.best_saved = {"iter": self.iter, "val_loss": self.last_val}
+        opt_state = self.optimizer.state_dict()
+        arrays = {"m": opt_state["m"], "v": opt_state["v"]}
+        checkpoint.save(self.cfg.out, self.model, self.task.tokenizer, self.state(), arrays, best=best)
         self.saved_iter = self.iter
 
-    def step(self):
-        """One optimizer step -> (mean micro-batch loss, gradient norm, learning rate)."""
+    def _accumulate(self):
+        """Mean gradient of grad_accum micro-batches into self.grad; returns their mean loss.
+
+        Equal micro-batches: the mean of their mean losses is the mean over all of them, so k
+        micro-batches of B give the gradient of one batch of k*B in 1/k of the memory.
+        """
+        k = self.cfg.grad_accum
+        total = 0.0
+        for i in range(k):
+            batch = self.task.draw_batch(self.data_rng)
+            out = self.grad if i == 0 else self.scratch
+            total += self.task.loss_and_grad(batch, out, self.dropout_rng)
+            if i > 0:
+                self.grad += self.scratch
+        if k > 1:
+            self.grad *= 1.0 / k
+        return total / k
+
+    def _non_finite(self, what):
+        culprit = first_non_finite_tensor(self.model, self.grad)
+        return diverged(self.cfg.out, self.iter + 1, what if culprit is None else f"{culprit} is not finite ({what})")
+
+    def _outlier(self, loss):
+        """Feed the z-score detectors -> (reason to skip this update or None, z of the loss, z of the grad norm, norm)."""
         cfg = self.cfg
+        reasons, loss_z, grad_z, norm = [], None, None, None
+        if cfg.skip_loss_z > 0:
+            loss_z = self.loss_outliers.z(loss)
+            self.loss_outliers.add(loss)
+            if loss_z is not None and loss_z > cfg.skip_loss_z:
+                reasons.append(f"loss z-score {loss_z:.1f} > {cfg.skip_loss_z:g}")
+        if cfg.skip_grad_z > 0:
+            norm = self._global_norm(self.grad)  # AdamW.step computes it again: a second pass, only with this option
+            if not math.isfinite(norm):
+                raise self._non_finite(f"gradient norm {norm}")
+            grad_z = self.grad_outliers.z(norm)
+            self.grad_outliers.add(norm)
+            if grad_z is not None and grad_z > cfg.skip_grad_z:
+                reasons.append(f"gradient-norm z-score {grad_z:.1f} > {cfg.skip_grad_z:g}")
+        return ("; ".join(reasons) or None), loss_z, grad_z, norm
+
+    def step(self):
+        """One optimizer step -> (mean micro-batch loss, gradient norm before clipping, learning rate).
+
+        A non-finite loss or gradient stops the run (naming the first bad tensor).  An outlier
+        (--skip-loss-z, --skip-grad-z) is not applied: the iteration still counts, its batches
+        are consumed and the schedule moves on, so skipping never changes which data comes next.
+        """
         lr = self.schedule.lr(self.iter)
-        batches = [data.get_batch(self.corpus.train, cfg.batch_size, cfg.block_size, self.data_rng)
-                   for _ in range(cfg.grad_accum)]
-        rng = self.dropout_rng if cfg.dropout > 0 else None
-        loss = accumulate_gradients(self.model, batches, self.grad, self.scratch, rng, cfg.label_smoothing,
-                                    self.parallel)
-        try:
-            norm = self.optimizer.step(self.grad, lr)
-        except FloatingPointError as e:
-            raise UserError(f"at iteration {self.iter + 1}: {e}; the last checkpoint in {cfg.out} is unharmed") from None
+        loss = self._accumulate()
+        if not math.isfinite(loss):
+            raise self._non_finite(f"loss {loss}")
+        reason, loss_z, grad_z, norm = self._outlier(loss)
+        self.step_skipped = reason is not None
+        if reason is not None:
+            if norm is None:
+                norm = self._global_norm(self.grad)
+                if not math.isfinite(norm):  # a skip never hides a divergence
+                    raise self._non_finite(f"gradient norm {norm}")
+            self._log_skip(loss, norm, loss_z, grad_z, lr, reason)
+        else:
+            norm = self.update(lr)
         self.iter += 1
+        self.tokens += self.tokens_per_iter
         return loss, norm, lr
 
+    def update(self, lr):
+        """Clip self.grad in place and apply one AdamW step at lr -> the gradient norm before clipping.
+
+        The place for per-tensor statistics of the update (issue 15 part 2): copy
+        model.flat_params before this call; after it, self.grad is the clipped gradient
+        and the difference of the parameters is the update actually applied.
+        """
+        try:
+            return self.optimizer.step(self.grad, lr)
+        except FloatingPointError:
+            raise self._non_finite("gradient norm " + str(self._global_norm(self.grad))) from None
+
     def evaluate(self):
-        """Validation loss over eval_iters batches; the same batches at every evaluation."""
-        cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, 3])  # fresh each time: comparable numbers, training RNGs untouched
-        return estimate_loss(self.model, self.corpus.val, cfg.batch_size, cfg.block_size, cfg.eval_iters, rng,
-                             self.parallel)
+        """The task's evaluation -> the validation loss, which picks the best checkpoint;
+        the task's other metrics are kept in self.eval_metrics."""
+        self.eval_metrics = self.task.evaluate()
+        return self.eval_metrics["val_loss"]
 
     def log(self, line):
         from tqdm import tqdm
@@ -413,9 +670,49 @@ class Trainer:
         tqdm.write(line, file=self.out)
         self.out.flush()  # a log file should show each evaluation as it happens
 
-    def append_metrics(self, record):
-        with open(os.path.join(self.cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    def _append(self, name, record):
+        with open(os.path.join(self.cfg.out, name), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def append_metrics(self, record):
+        self._append(METRICS, record)
+
+    def append_step_log(self, record):
+        self._append(STEP_LOG, record)
+
+    def _log_skip(self, loss, norm, loss_z, grad_z, lr, reason):
+        it = self.iter + 1
+        self.log(f"iter {it:>6}: update skipped ({reason})")
+        self.append_step_log({"kind": "skip", "iter": it, "train_loss": float(loss), "grad_norm": norm,
+                              "loss_z": loss_z, "grad_norm_z": grad_z, "lr": lr, "reason": reason})
+
+    def _log_header(self):
+        model = self.model
+        self.append_step_log({
+            "kind": "header", "iter": self.iter, "resume": self.resumed,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "task": self.task.name, "config": asdict(self.cfg), "model": model.config.to_dict(),
+            "num_params": model.num_params, "tokens_per_iter": self.tokens_per_iter,
+            "flops_per_iter": self.flops_per_iter, "peak_flops": matmul_peak_flops(),
+            "versions": package_versions(), "machine": machine_description(), "git": git_revision()})
+
+    def _log_steps(self, window, lr, norm):
+        """One step-log record for the iterations in window (the last of them is self.iter)."""
+        n = len(window.losses)
+        ms = 1000.0 * window.seconds / n
+        tokens_per_sec = self.tokens_per_iter * n / max(window.seconds, 1e-9)
+        mfu = None
+        if self.flops_per_iter is not None:
+            mfu = self.flops_per_iter * n / max(window.seconds, 1e-9) / matmul_peak_flops()
+        clip = self.cfg.grad_clip
+        self.append_step_log({
+            "kind": "step", "iter": self.iter, "tokens": self.tokens, "steps": n,
+            "train_loss": float(np.mean(window.losses)), "lr": lr,
+            "grad_norm": norm, "clipped": bool(not self.step_skipped and clip > 0 and norm > clip),
+            "grad_norm_max": max(window.norms) if window.norms else None,
+            "clipped_steps": window.clipped, "skipped_steps": window.skipped,
+            "ms_per_step": round(ms, 3), "tokens_per_sec": round(tokens_per_sec, 1),
+            "mfu": None if mfu is None else round(mfu, 5)})
 
     # ---------------------------------------------------------------- the loop
     def train(self):
@@ -436,17 +733,26 @@ class Trainer:
         # SIGTERM (docker stop, Slurm, timeout) gets the same graceful save as Ctrl-C
         previous_term = signal.signal(signal.SIGTERM, on_sigint) if in_main else None
         try:
+            if cfg.log_interval:
+                self._log_header()
             if self.iter == 0:
                 self._evaluate_and_log(None, None, None, None, 0.0, scheduled=False)
             bar = tqdm(total=cfg.max_iters, initial=self.iter, unit="it", dynamic_ncols=True,
                        disable=None if self.progress else True, file=sys.stderr)  # None: off when not a terminal
             losses, norm, lr = [], None, None
             window_start, window_tokens = time.perf_counter(), 0
+            steps = StepWindow()
             while self.iter < cfg.max_iters and not stop["requested"]:
                 t0 = time.perf_counter()
                 loss, norm, lr = self.step()
-                self.elapsed += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                self.elapsed += seconds
                 losses.append(loss)
+                clipped = not self.step_skipped and cfg.grad_clip > 0 and norm > cfg.grad_clip
+                steps.add(loss, norm, clipped, self.step_skipped, seconds)
+                if cfg.log_interval and self.iter % cfg.log_interval == 0:
+                    self._log_steps(steps, lr, norm)
+                    steps = StepWindow()
                 window_tokens += self.tokens_per_iter
                 tokens_per_sec = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 bar.update(1)
@@ -464,10 +770,11 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous_term)
 
     def _evaluate_and_log(self, train_loss, norm, lr, tokens_per_sec, elapsed, scheduled):
+        self.eval_metrics = {}
         val = self.evaluate()
         if not math.isfinite(val):
             raise diverged(self.cfg.out, self.iter, f"validation loss is {val}")
-        self.last_val = val
+        self.last_val, self.last_eval_iter = val, self.iter
         if scheduled:  # only evaluations at fixed iterations steer plateau, so resuming stays exact
             self.schedule.observe(val)
         improved = val < self.best_val
@@ -475,15 +782,17 @@ class Trainer:
             self.best_val = val
         train_text = f"train {train_loss:.4f} | " if train_loss is not None else ""
         ppl = perplexity(val)
+        extra = {k: v for k, v in self.eval_metrics.items() if k != "val_loss"}
         save = improved and self.iter > 0
         if save:
             self.save()  # first: the log says "saved" only once the save has succeeded
         self.log(f"iter {self.iter:>6}: {train_text}val {val:.4f} | ppl {ppl:.2f}"
+                 + "".join(f" | {k} {v:.4g}" if isinstance(v, float) else f" | {k} {v}" for k, v in extra.items())
                  + (f" | lr {lr:.2e} | {tokens_per_sec:,.0f} tok/s" if lr is not None else "")
                  + (" | saved" if save else ""))
         self.append_metrics({"iter": self.iter, "train_loss": train_loss, "val_loss": val,
-                             "val_perplexity": ppl if math.isfinite(ppl) else None, "lr": lr, "grad_norm": norm,
-                             "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
+                             "val_perplexity": ppl if math.isfinite(ppl) else None, **extra, "lr": lr,
+                             "grad_norm": norm, "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
 
 
 # ------------------------------------------------------------------ the command
@@ -491,38 +800,36 @@ def run(args):
     started = time.perf_counter()
     keep_freed_memory()  # each step's activations reuse the last step's pages (npgpt/memory.py)
     cfg, ckpt = resolve_settings(args)
+    check_training_run(cfg, ckpt.config["vocab_size"] if ckpt else cfg.vocab_size or 256)  # before allocating
+    with lock_out_dir(cfg.out):  # one run per --out (npgpt/lock.py); released even on kill -9
+        return _run_locked(args, cfg, ckpt, started)
+
+
+def _run_locked(args, cfg, ckpt, started):
     prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
     progress = not args.no_progress
-    trainer = Trainer(cfg, ckpt, progress=progress)
-    if ckpt is None:  # a fresh run owns its metrics file
-        open(os.path.join(cfg.out, "metrics.jsonl"), "w").close()
-    model = trainer.model
-    print(f"npgpt train: {model.num_params:,} parameters ({model.config.n_layer} layers, {model.config.n_head} heads, "
-          f"n_embd {model.config.n_embd}, block {model.config.block_size}, vocab {model.config.vocab_size}), "
-          f"{model.config.backend} backend, {model.config.dtype}, "
-          f"{trainer.cfg.workers} data-parallel worker(s); "
-          f"{trainer.corpus.train.size:,} training tokens from {cfg.data or data.BUNDLED}; "
-          + (f"resuming at iteration {trainer.iter}" if ckpt else f"{cfg.max_iters} iterations"), flush=True)
+    task = LanguageModelingTask(cfg, ckpt)
+    trainer = Trainer(task.cfg, task, ckpt, progress=progress)
+    cfg = trainer.cfg
+    if ckpt is None:  # a fresh run owns its metrics files and forgets a previous run's best snapshot
+        for name in (METRICS, STEP_LOG):
+            open(os.path.join(cfg.out, name), "w").close()
+        checkpoint.forget_best(cfg.out)
+    print(f"npgpt train: {task.describe()}; "
+          + (f"resuming at iteration {trainer.iter}" if ckpt else
+             f"fine-tuning {cfg.init_from}, {cfg.max_iters} iterations" if cfg.init_from else
+             f"{cfg.max_iters} iterations"), flush=True)
     finished = trainer.train()
     wall = time.perf_counter() - started
     if not finished:
         print(f"interrupted at iteration {trainer.iter}; checkpoint saved in {cfg.out}. "
               f"Continue with: npgpt train --resume {cfg.out}", file=sys.stderr)
         return 130
+    best = trainer.best_saved
     print(f"done: {cfg.max_iters} iterations, val loss {trainer.last_val:.4f} "
-          f"(best {trainer.best_val:.4f}), {wall:.0f}s wall; checkpoint in {cfg.out}", flush=True)
-    if cfg.sample_tokens:
-        from .generate import print_samples
-
-        print("---------------- sample ----------------", flush=True)
-        print_samples(model, trainer.tokenizer, _default_prompt(trainer.tokenizer), 1, cfg.sample_tokens,
-                      cfg.seed, temperature=0.8, top_k=200, top_p=1.0)
+          f"(best {trainer.best_val:.4f}), {wall:.0f}s wall; checkpoint in {cfg.out}"
+          + (f" (best: iteration {best['iter']})" if best is not None and best["iter"] != trainer.iter else ""),
+          flush=True)
+    if hasattr(task, "finish"):
+        task.finish()
     return 0
-
-
-def _default_prompt(tokenizer):
-    """A newline when the vocabulary has one (a sample then starts like a new speech), else token 0."""
-    try:
-        return tokenizer.encode("\n")
-    except ValueError:
-        return [0]

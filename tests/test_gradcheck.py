@@ -161,7 +161,7 @@ def test_check_layer_gradient_for_none_and_missing_gradient():
         dx, _, db = linear.backward(dout, cache)
         return dx, None, db
 
-    with pytest.raises(ValueError, match="gradient for w"):
+    with pytest.raises(ValueError, match=r"backward returned None for w, expected a gradient of shape \(4, 5\)"):
         gradcheck.check_layer(linear.forward, backward_no_dw, _linear_inputs())
 
 
@@ -330,3 +330,98 @@ def test_model_without_tied_head_gradient_is_caught():
     failed = {r.input for r in report.results if not r.passed}
     assert failed == {"wte.weight"}, str(report)
     assert worst(report) > CLEARLY_WRONG
+
+
+# ------------------------------------------- the checker cannot be fooled
+def test_check_layer_refuses_a_vacuous_check():
+    """No float entry to perturb would mean zero rows, and zero rows 'pass': refused instead."""
+    identity = (lambda x: (x * 1.0, None), lambda dout, cache: dout)
+    with pytest.raises(ValueError, match="nothing to check: no floating-point array.*x: int64 array"):
+        gradcheck.check_layer(*identity, {"x": np.arange(6)})
+    with pytest.raises(ValueError, match="nothing to check.*x: list"):
+        gradcheck.check_layer(*identity, {"x": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="every float input is empty"):
+        gradcheck.check_layer(*identity, {"x": np.zeros((0, 3))})
+    with pytest.raises(ValueError, match="nothing to check"):
+        gradcheck.check_layer(*identity, {})
+
+
+def test_check_layer_accepts_a_list_a_tuple_or_a_bare_array():
+    inputs = _linear_inputs()
+    as_list = gradcheck.check_layer(linear.forward, lambda d, c: list(linear.backward(d, c)), inputs)
+    assert as_list.passed and len(as_list.results) == 3
+    bare = gradcheck.check_layer(gelu.forward, gelu.backward, {"x": inputs["x"]})
+    one_tuple = gradcheck.check_layer(gelu.forward, lambda d, c: (gelu.backward(d, c),), {"x": inputs["x"]})
+    assert bare.passed and one_tuple.passed
+
+
+def test_backward_gets_its_own_copy_of_dout_and_a_fresh_cache():
+    """A correct backward that overwrites dout and its cache passes; the douts are two different arrays."""
+    seen = []
+
+    def backward(dout, cache):
+        seen.append(dout.copy())
+        dx = gelu.backward(dout, cache)
+        dout[...] = np.nan  # scribble over dout ...
+        cache[...] = np.nan  # ... and over the cached input (here: x itself)
+        return dx
+
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    report = gradcheck.check_layer(gelu.forward, backward, {"x": x})
+    assert report.passed, str(report)
+    assert len(seen) == 2 and not np.allclose(seen[0], seen[1])
+    assert np.isfinite(x).all()  # the caller's input is untouched
+
+
+def test_a_wrong_second_dout_fails_even_if_the_first_passes():
+    calls = []
+
+    def backward(dout, cache):
+        calls.append(1)
+        dx = gelu.backward(dout, cache)
+        return dx if len(calls) == 1 else 2 * dx
+
+    report = gradcheck.check_layer(gelu.forward, backward, {"x": np.linspace(-2, 2, 12)})
+    assert not report.passed and report.results[0].dout == 2 and report.results[0].ratio == pytest.approx(2.0)
+
+
+def test_the_worst_entry_is_named_in_the_inputs_shape():
+    """One wrong entry: the row names its index (also when entries are sampled), both values and the ratio."""
+    def backward(dout, cache):
+        dx = gelu.backward(dout, cache)
+        dx[1, 2, 3] *= 3.0
+        return dx
+
+    x = np.random.default_rng(5).standard_normal((2, 3, 4))
+    for max_entries in (None, 23):
+        r = gradcheck.check_layer(gelu.forward, backward, {"x": x}, max_entries=max_entries).results[0]
+        assert not r.passed
+        assert r.index == (1, 2, 3) and r.where() == "x[1, 2, 3]"
+        assert r.ratio == pytest.approx(3.0) and r.analytic == pytest.approx(3 * r.numerical)
+        assert r.factor is None  # only one entry is off: no common factor
+        assert "worst entry x[1, 2, 3]" in str(gradcheck.GradcheckReport([r]))
+
+
+def test_check_result_ratio_and_hints():
+    row = gradcheck.CheckResult("l", "w", 1.0, TOL, (0,), 0.0, 2.0)
+    assert row.ratio == 0.0 and "analytic gradient is 0" in row.hint()
+    assert math.isinf(gradcheck.CheckResult("l", "w", 1.0, TOL, (0,), 2.0, 0.0).ratio)
+    assert gradcheck.CheckResult("l", "w", 1.0, TOL).ratio is None  # no entries
+    assert gradcheck.CheckResult("l", "w", 1e-9, TOL, (0,), 1.0, 1.0, 1.0).hint() == ""  # passing rows get none
+    report = gradcheck.compare("l", {"w": (np.array([[2.0, 4.0], [6.0, 8.0]]), np.array([[1.0, 2.0], [3.0, 4.0]]))})
+    r = report.results[0]
+    assert r.factor == pytest.approx(2.0) and r.index == (0, 0) and "same factor 2" in str(report)
+
+
+def test_a_forward_that_does_not_return_out_and_cache_is_named():
+    with pytest.raises(ValueError, match=r"forward must return a pair \(out, cache\), got ndarray"):
+        gradcheck.check_layer(np.tanh, lambda dout, cache: dout, {"x": np.ones(3)})
+
+
+def test_a_forward_that_changes_its_input_is_refused():
+    def forward(x):
+        x *= 2.0  # in place: every finite difference would start from a different x
+        return x, None
+
+    with pytest.raises(ValueError, match="forward changed its input x in place"):
+        gradcheck.check_layer(forward, lambda dout, cache: 2.0 * dout, {"x": np.ones(3)})

@@ -392,3 +392,253 @@ def test_sample_into_a_closed_pipe_exits_quietly(trained):
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
+
+
+# ------------------------------------------------------------------ split patterns (family 4)
+def bpe_json(pattern):
+    return json.dumps({"type": "bpe", "version": 1, "merges": [], "special_tokens": {"<|endoftext|>": 256},
+                       "pattern": pattern})
+
+
+# (id, pattern, phrase of the one error line); each is refused before any text is split
+BAD_PATTERNS = [
+    ("two-groups", r"(\w+)|(\s+)", "2 capture group(s)"),
+    ("one-group", r"(?s)(.)", "1 capture group(s)"),
+    ("backreference", r"(?s)(.)\1|.", "capture group"),
+    ("drops-space", r"\S+", "drops text"),
+    ("drops-punctuation", r"\w+|\s+", "drops text"),
+    ("drops-newline", r"[^\n]+", "drops text"),
+    ("drops-rare-digit", r"(?!\u2167)(?s).", "drops text"),
+    ("empty-match", r"\w*|(?s).", "matches the empty string"),
+    ("invalid", r"((", "invalid split pattern"),
+    ("too-long", "a|" * 3000 + "(?s).", "characters refused"),
+    ("backtracking", r"(?:a|aa)+$|(?s).", "too slow"),
+]
+
+
+@pytest.mark.parametrize("case, pattern, phrase", BAD_PATTERNS, ids=[c[0] for c in BAD_PATTERNS])
+def test_hostile_split_pattern_in_tokenizer_json(tmp_path, capsys, case, pattern, phrase):
+    path = tmp_path / "tok.json"
+    path.write_text(bpe_json(pattern))
+    before = files_in(tmp_path)
+    status, err = run(capsys, "tokenizer", "encode", "-t", path, "hello world")
+    assert_one_line(status, err, phrase)
+    assert str(path) in err  # names the file
+    assert files_in(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "resume"])
+@pytest.mark.parametrize("case, pattern, phrase", [c for c in BAD_PATTERNS if c[0] in ("two-groups", "drops-space", "backtracking")],
+                         ids=["two-groups", "drops-space", "backtracking"])
+def test_hostile_split_pattern_in_checkpoint(trained, tmp_path, capsys, command, case, pattern, phrase):
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    rewrite(out, "tokenizer.json", bpe_json(pattern).encode())
+    before = files_in(out)
+    if command == "resume":
+        args = ["train", *TINY, "--data", data, "--resume", out, "--max-iters", "4"]
+    else:
+        args = [command, "--ckpt", out] + (["--max-new-tokens", "3"] if command == "sample" else ["--data", data])
+    assert_one_line(*run(capsys, *args), phrase)
+    assert files_in(out) >= before
+
+
+def test_a_vetted_pattern_is_guarded_when_it_runs():
+    """A pattern that covers every probe but drops one word: encode refuses instead of losing it."""
+    from npgpt.tokenizers.bpe import BPETokenizer
+
+    tok = BPETokenizer([], pattern=r"(?s)(?!secret).")
+    assert tok.decode(tok.encode("a public text")) == "a public text"
+    with pytest.raises(UserError, match="drops text at character 3"):
+        tok.encode("my secret")
+
+
+def test_gpt4_style_patterns_are_accepted():
+    from npgpt.tokenizers.bpe import BPETokenizer
+
+    cl100k = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+    tok = BPETokenizer.train("hello world 12345, hello again\n" * 20, 270, pattern=cl100k)
+    text = "It's 2026: hello   world!\n\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok._splitter.split("12345") == ["123", "45"]  # the pattern really is cl100k's, not GPT-2's
+
+
+# ------------------------------------------------------------------ the --out lock (family 7)
+def test_a_second_run_on_the_same_out_is_refused(trained, tmp_path, capsys):
+    from npgpt.lock import lock_out_dir
+
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    before = {p: (out / p).read_bytes() for p in files_in(out) if (out / p).is_file()}
+    with lock_out_dir(str(out)):  # another run holds it
+        status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "4")
+        assert_one_line(status, err, "is in use by another npgpt train (process")
+        status, err = run(capsys, "train", *TINY, "--data", data, "--out", out, "--overwrite", "--max-iters", "4")
+        assert_one_line(status, err, "is in use by another npgpt train")
+    after = {p: (out / p).read_bytes() for p in files_in(out) if (out / p).is_file() and p != ".npgpt.lock"}
+    assert after == {p: b for p, b in before.items() if p != ".npgpt.lock"}  # metrics.jsonl untouched
+    assert run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "4")[0] == 0  # released
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom npgpt.lock import lock_out_dir\n"
+                               f"with lock_out_dir({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    data = write_corpus(tmp_path)
+    assert_one_line(*run(capsys, "train", *TINY, "--data", data, "--out", out, "--max-iters", "2"), "in use")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / ".npgpt.lock").exists()  # stale file, no lock: the kernel dropped it with the process
+    assert run(capsys, "train", *TINY, "--data", data, "--out", out, "--max-iters", "2")[0] == 0
+
+
+# ------------------------------------------------------------------ resources (family 5)
+@pytest.mark.parametrize("flags, phrase", [
+    (["--n-embd", "1000000", "--n-head", "1"], "needs about"),
+    (["--n-layer", "100000000"], "needs about"),
+    (["--batch-size", "100000000"], "activations"),
+    (["--block-size", "1000000000"], "needs about"),
+    (["--n-embd", "10000000000000", "--n-head", "1"], "PB of memory"),
+    (["--tokenizer", "bpe", "--vocab-size", "100000000000"], "logits"),
+    (["--workers", "64"], "--workers 64 is more than --batch-size 4"),
+    (["--workers", "5"], "is more than --batch-size 4"),
+])
+def test_impossible_sizes_are_refused_before_allocating(tmp_path, capsys, flags, phrase):
+    data = write_corpus(tmp_path)
+    out = tmp_path / "out"
+    status, err = run(capsys, "train", *TINY, "--data", data, "--out", out, *flags)
+    assert_one_line(status, err, phrase)
+    assert not out.exists()  # refused before --out was even created
+
+
+def test_the_memory_estimate_matches_a_measured_run():
+    from npgpt.resources import BASE_BYTES, training_memory
+
+    # `npgpt bench --config L` (GPT-2 124M, batch 4, block 64, 1 worker) measured 2,430 MB peak RSS (README)
+    estimate = BASE_BYTES + sum(training_memory(50257, 64, 12, 768, 4).values())
+    assert 0.9 * 2430 * 2**20 < estimate < 1.1 * 2430 * 2**20
+
+
+def test_the_memory_check_compares_with_what_is_available(monkeypatch):
+    from npgpt import resources
+
+    parts = {"weights": 3 * 2**30}
+    assert resources.check_memory(parts, 8 * 2**30) > 3 * 2**30
+    with pytest.raises(UserError, match=r"needs about 3.1 GB of memory \(weights 3.0 GB\), more than the 2.0 GB"):
+        resources.check_memory(parts, 2 * 2**30)
+    monkeypatch.setenv("NPGPT_SKIP_MEMORY_CHECK", "1")
+    resources.check_memory(parts, 2 * 2**30)
+    assert resources.available_memory() is None or resources.available_memory() > 0
+
+
+def test_a_crafted_config_cannot_make_sample_allocate(trained, tmp_path, capsys):
+    good, _ = trained
+    for k, (change, phrase) in enumerate([(setitem("n_layer", 10**9), "config says n_layer 1000000000"),
+                                          (setitem("n_embd", 2**40), "has shape"),
+                                          (setitem("vocab_size", 10**12), "has shape")]):
+        out = tmp_path / f"out-{k}"
+        shutil.copytree(good, out)
+        edit_json(out, "config.json", change)
+        assert_one_line(*run(capsys, "sample", "--ckpt", out, "--max-new-tokens", "2"), phrase)
+
+
+# ------------------------------------------------------------------ small ones (family 8)
+@pytest.mark.parametrize("word, phrase", [
+    ("\u00b2", "not a token id: '\u00b2'"),
+    ("\u0663", "not a token id"),
+    ("9" * 5000, "unknown token id 99999999999999999999... (5000 digits)"),
+    ("-1", "unknown token id -1"),
+    ("1.5", "not a token id"),
+    ("-", "not a token id"),
+    ("0x10", "not a token id"),
+    ("100000", "unknown token id 100000 (this tokenizer has ids 0..256)"),
+])
+def test_hostile_decode_ids(tmp_path, capsys, word, phrase):
+    path = tmp_path / "tok.json"
+    path.write_text(bpe_json(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""))
+    assert_one_line(*run(capsys, "tokenizer", "decode", "-t", path, "65", word), phrase)
+
+
+@pytest.mark.parametrize("target, phrase", [("/dev/zero", "not a regular file"), ("dir", "is a directory"),
+                                            ("bad.txt", "not UTF-8 text (invalid byte at offset 3)"),
+                                            ("missing.txt", "file not found")])
+def test_hostile_encode_inputs(tmp_path, capsys, target, phrase):
+    path = tmp_path / "tok.json"
+    path.write_text(bpe_json(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "bad.txt").write_bytes(b"abc\xff def")
+    file = target if target.startswith("/") else tmp_path / target
+    status, err = run(capsys, "tokenizer", "encode", "-t", path, "--file", file)
+    assert_one_line(status, err, phrase)
+
+
+@pytest.mark.parametrize("temperature", ["1e-310", "5e-324", "1e-7"])
+def test_a_denormal_temperature_is_refused(trained, capsys, temperature):
+    good, _ = trained
+    assert_one_line(*run(capsys, "sample", "--ckpt", good, "--max-new-tokens", "3", "--temperature", temperature),
+                    "--temperature must be 0 (greedy) or at least 1e-06")
+
+
+# ------------------------------------------------------------------ past 10,000,000 iterations (family 2)
+def test_a_run_resumed_at_iteration_ten_million_saves_and_loads(trained, tmp_path, capsys):
+    from npgpt import checkpoint
+
+    good, data = trained
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    (out / "ckpt-9999999").mkdir()  # the user's own directory, shaped like a snapshot
+    edit_json(out, "state.json", setitem("iter", 10_000_000))
+    edit_pointer(lambda p: setitem("iter", 10_000_000)(p))(out)
+    old_snapshot = pointer(out)["snapshot"]
+    status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "10000003")
+    assert status == 0, err
+    assert pointer(out)["snapshot"] == "ckpt-10000003"
+    assert checkpoint.load(str(out)).iteration == 10_000_003
+    assert not (out / old_snapshot).exists() and (out / "ckpt-9999999").is_dir()
+    assert run(capsys, "sample", "--ckpt", out, "--max-new-tokens", "3")[0] == 0
+    status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "10000005")
+    assert status == 0, err
+    assert checkpoint.load(str(out)).iteration == 10_000_005
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--data", "/dev/zero"], "/dev/zero is not a regular file"),
+    (["--data", "DIR"], "is a directory"),
+    (["-o", "FIFO"], "exists and is not a regular file"),
+    (["-o", "DIR"], "exists and is not a regular file"),
+])
+def test_hostile_tokenizer_train_paths(tmp_path, capsys, flags, phrase):
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    flags = [str(tmp_path / f.lower()) if f in ("DIR", "FIFO") else f for f in flags]
+    before = files_in(tmp_path)
+    assert_one_line(*run(capsys, "tokenizer", "train", "--vocab-size", "260", *flags), phrase)
+    assert files_in(tmp_path) == before and (tmp_path / "fifo").is_fifo()  # the FIFO is not replaced
+
+
+@pytest.mark.parametrize("out, phrase", [("/dev/null", "cannot write to output directory /dev/null"),
+                                         ("FILE", "cannot write to output directory")])
+def test_hostile_out_paths(tmp_path, capsys, out, phrase):
+    data = write_corpus(tmp_path)
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" if out == "FILE" else out
+    assert_one_line(*run(capsys, "train", *TINY, "--data", data, "--out", out, "--max-iters", "2"), phrase)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_check_split_pattern_names_where_the_pattern_came_from():
+    from npgpt.tokenizers.split import GPT2_SPLIT_PATTERN, check_split_pattern
+
+    assert check_split_pattern(GPT2_SPLIT_PATTERN, "x").split("it's 42!") == ["it", "'s", " 42", "!"]
+    with pytest.raises(UserError, match=r"^tokenizer.json pre_tokenizer: split pattern '\\\\S\+' drops text"):
+        check_split_pattern(r"\S+", "tokenizer.json pre_tokenizer")
+    with pytest.raises(UserError, match="^f.json: the split pattern must be a string, got dict"):
+        check_split_pattern({"Regex": "x"}, "f.json")

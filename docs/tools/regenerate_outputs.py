@@ -27,8 +27,9 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# Pages with marked outputs (gradcheck.md joins once its snippets are marked).
-PAGES = ["docs/layers/attention.md"]
+# Pages with marked outputs.
+PAGES = ["docs/layers/attention.md", "docs/gradcheck.md", "docs/exercises.md", "docs/layers/lora.md",
+         "docs/pretrained.md"]
 
 MARKER = re.compile(r"<!-- output: ([\w-]+) -->\n```\n(.*?)```\n", re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```\n", re.S)

@@ -30,6 +30,6 @@ import os
 # pool (the first parallel kernel call), and a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, optim  # noqa: E402
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, lora, optim  # noqa: E402
 
-__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear", "optim"]
+__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear", "lora", "optim"]

@@ -32,11 +32,8 @@ import regex
 from .. import safeload
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
+from .split import GPT2_SPLIT_PATTERN, check_split_pattern  # GPT-2's pattern; the check every loaded one passes
 
-# GPT-2's pre-tokenization: contractions, an optional space + letters, an
-# optional space + digits, an optional space + other symbols, then
-# whitespace (a run of spaces keeps its last space for the next word).
-GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 200_000  # chunks remembered by encode before the cache is cleared
@@ -234,11 +231,6 @@ class BPETokenizer:
     def __init__(self, merges, special_tokens=(ENDOFTEXT,), pattern=GPT2_SPLIT_PATTERN):
         """merges: [(left bytes, right bytes), ...] in rank order; special_tokens: a
         sequence of strings (ids follow the merges) or a {string: id} dict."""
-        self.pattern = pattern
-        try:
-            self._split = regex.compile(pattern)
-        except (regex.error, TypeError) as e:
-            raise UserError(f"invalid split pattern {pattern!r}: {e}") from None
         self._ranks = {bytes([b]): i for i, b in enumerate(BYTE_ORDER)}
         self.merges = []  # [(left id, right id), ...]
         for n, (left, right) in enumerate(merges):
@@ -252,6 +244,8 @@ class BPETokenizer:
         self._decoder = {i: token for token, i in self._ranks.items()}
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
         self._cache = {}
+        self.pattern = pattern
+        self._splitter = check_split_pattern(pattern)  # untrusted: may not hang or drop text
 
     @staticmethod
     def _number_specials(special_tokens, first_id):
@@ -281,6 +275,7 @@ class BPETokenizer:
         """
         special_tokens = (special_tokens,) if isinstance(special_tokens, str) else tuple(special_tokens)
         cls._number_specials(special_tokens, 256)  # validate before the slow part
+        check_split_pattern(pattern)
         smallest = 256 + len(special_tokens)
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
             raise UserError(f"vocab_size must be an integer of at least {smallest} "
@@ -305,13 +300,13 @@ class BPETokenizer:
         >>> BPETokenizer._count_chunks("ab ab", (), GPT2_SPLIT_PATTERN) == {(64, 65): 1, (188 + 32, 64, 65): 1}
         True
         """
-        split = regex.compile(pattern)
+        splitter = check_split_pattern(pattern)
         parts = [text]
         if special_tokens:
             parts = regex.split(_alternation(special_tokens), text)
         counts = Counter()
         for part in parts:
-            counts.update(split.findall(part))
+            counts.update(splitter.split(part))
         byte_id = BYTE_ID
         return {tuple(byte_id[b] for b in chunk.encode("utf-8")): n for chunk, n in counts.items()}
 
@@ -328,11 +323,10 @@ class BPETokenizer:
 
     def encode_ordinary(self, text):
         """str -> ids, treating special-token text as ordinary text."""
-        split = self._split
         cache = self._cache
         ids = []
         try:
-            for chunk in split.findall(text):
+            for chunk in self._splitter.split(text):
                 piece_ids = cache.get(chunk)
                 if piece_ids is None:
                     piece_ids = self._encode_chunk(chunk)
@@ -369,7 +363,7 @@ class BPETokenizer:
             if found:
                 raise SpecialTokenError(
                     f"the text contains the special token {found.group()!r} (at character {found.start()}); "
-                    f"pass allowed_special={{{found.group()!r}}} (npgpt tokenizer encode --allow-special) to encode it "
+                    f"pass allowed_special={{{found.group()!r}}} to encode it "
                     "as a special token, "
                     "or disallowed_special=() to encode it as ordinary text", found.group(), found.start())
         if not allowed:

@@ -15,7 +15,8 @@ import sys
 import time
 
 from ..errors import UserError
-from .bpe import ENDOFTEXT, BPETokenizer
+from .bpe import ENDOFTEXT, BPETokenizer, SpecialTokenError
+from .split import safe_cut
 
 
 def add_arguments(parser):
@@ -71,6 +72,7 @@ def load_tokenizer(path):
 def _read_text(path):
     if path is None:
         return importlib.resources.files("npgpt").joinpath("corpora", "tinyshakespeare.txt").read_text("utf-8")
+    _is_regular(path)  # a device such as /dev/zero would be read until memory runs out
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -81,6 +83,8 @@ def _read_text(path):
 
 
 def run_train(args):
+    if os.path.lexists(args.output) and not os.path.isfile(args.output):  # never replace a device, FIFO or directory
+        raise UserError(f"-o {args.output} exists and is not a regular file; choose another output path")
     text = _read_text(args.data)
     specials = args.special if args.special is not None else [ENDOFTEXT]
     start = time.perf_counter()
@@ -98,35 +102,146 @@ def run_train(args):
     return 0
 
 
+BLOCK_CHARS = 1 << 20  # text read and encoded at a time by `encode`: memory stays bounded on any input size
+
+
 def run_encode(args):
     tok = load_tokenizer(args.tokenizer)
     if args.text is not None and args.file is not None:
         raise UserError("give the text or --file, not both")
+    allowed = "all" if args.allow_special else frozenset()
     if args.text is not None:
-        text = args.text
+        blocks = [args.text]
     elif args.file is not None:
-        text = _read_text(args.file)
+        if _is_regular(args.file):  # a pipe is streamed as it comes, like standard input
+            _check_utf8(args.file)  # before any output: a bad byte late in a big file must not leave half a result
+        blocks = _read_blocks(args.file)
     else:
-        text = sys.stdin.read()
-    ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
-    if args.tokens:
-        for i in ids:
-            print(i, repr(tok.decode_bytes([i]))[1:])
-    else:
-        print(" ".join(map(str, ids)))
+        blocks = _stdin_blocks()
+    first = True
+    try:
+        for ids in encode_stream(tok, blocks, allowed):
+            if args.tokens:
+                sys.stdout.write("".join(f"{i} {repr(tok.decode_bytes([i]))[1:]}\n" for i in ids))
+            elif ids:
+                sys.stdout.write(("" if first else " ") + " ".join(map(str, ids)))
+                first = False
+    except SpecialTokenError as e:  # the library's message names the Python argument; add the flag
+        raise UserError(f"{e} (on the command line: --allow-special)") from None
+    if not args.tokens:
+        sys.stdout.write("\n")
     return 0
+
+
+def encode_stream(tok, blocks, allowed_special=frozenset()):
+    """Encode text arriving in blocks; yields lists of ids whose concatenation equals tok.encode(whole text).
+
+    Text is encoded up to the last point where the split pattern may cut it
+    (split.safe_cut) and the rest carried into the next block, so memory
+    holds about one block, not the whole text.  With a split pattern that
+    has no known cut points the text is gathered and encoded whole.
+    """
+    specials = list(tok.special_tokens)
+    carry, offset = "", 0
+    for block in blocks:
+        text = carry + block
+        q = safe_cut(text, tok.pattern, specials, start=len(carry))
+        if q is None:
+            carry = text
+            continue
+        yield _encode_part(tok, text[:q], allowed_special, offset)
+        offset += q
+        carry = text[q:]
+    if carry:
+        yield _encode_part(tok, carry, allowed_special, offset)
+
+
+def _encode_part(tok, text, allowed_special, offset):
+    try:
+        return tok.encode(text, allowed_special=allowed_special)
+    except SpecialTokenError as e:  # say where in the whole text, not in this part
+        raise SpecialTokenError(str(e).replace(f"(at character {e.position})", f"(at character {e.position + offset})"),
+                                e.token, e.position + offset) from None
+
+
+def _is_regular(path):
+    """True for a regular file, False for a pipe; UserError for a missing path, a directory or a device."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path} is a directory, not a text file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise UserError(f"{path} is not a regular file (a device or socket)")
+    return stat.S_ISREG(mode)
+
+
+def _read_blocks(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            while block := f.read(BLOCK_CHARS):
+                yield block
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+
+
+def _stdin_blocks():
+    try:
+        while block := sys.stdin.read(BLOCK_CHARS):
+            yield block
+    except UnicodeDecodeError as e:
+        raise UserError(f"standard input is not UTF-8 text (invalid byte {e.start} of a block)") from None
+
+
+def _check_utf8(path):
+    """UserError naming the first invalid byte of the file, read in blocks (no more than one in memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(4 * BLOCK_CHARS):
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path} is not UTF-8 text (invalid byte at offset "
+                                    f"{offset - pending + e.start})") from None
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (it ends inside a character)") from None
 
 
 def run_decode(args):
     tok = load_tokenizer(args.tokenizer)
     words = args.ids if args.ids else sys.stdin.read().replace(",", " ").split()
-    try:
-        ids = [int(w) for w in words]
-    except ValueError:
-        bad = next(w for w in words if not w.lstrip("-").isdigit())
-        raise UserError(f"not a token id: {bad!r} (expected integers)") from None
-    text = tok.decode(ids)
+    text = tok.decode([parse_token_id(w, tok.vocab_size) for w in words])
     sys.stdout.write(text)
     if sys.stdout.isatty() and not text.endswith("\n"):
         sys.stdout.write("\n")
     return 0
+
+
+def parse_token_id(word, vocab_size):
+    """'42' -> 42; UserError for anything but ASCII digits (not '²', not '٣') or an id beyond the vocabulary."""
+    digits = word[1:] if word.startswith("-") else word
+    if not (digits.isascii() and digits.isdigit()):
+        raise UserError(f"not a token id: {_shown_word(word)} (expected integers)")
+    if len(digits) > len(str(vocab_size)) or int(word) < 0 or int(word) >= vocab_size:
+        shown = word if len(word) <= 30 else f"{word[:20]}... ({len(digits)} digits)"
+        raise UserError(f"unknown token id {shown} (this tokenizer has ids 0..{vocab_size - 1})")
+    return int(word)
+
+
+def _shown_word(word):
+    return repr(word) if len(word) <= 30 else repr(word[:27]) + f"... ({len(word)} characters)"
+

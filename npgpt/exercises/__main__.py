@@ -1,0 +1,4 @@
+"""python -m npgpt.exercises init DIR | check DIR [EXERCISE ...]"""
+from . import main
+
+main()
