@@ -4,13 +4,13 @@ Start reading at npgpt/layers/ (one forward/backward pair per layer), then
 npgpt/model.py (how they compose), then npgpt/gradcheck.py (how they are
 proven).
 """
-import os
+from . import threads
 
-# OpenBLAS's idle workers spin for a while after each matrix product, on the
-# cores Numba's kernels need next; a short timeout lets them sleep (measured:
-# S +27%, M +8% tokens/s, docs/speed.md).  OpenBLAS reads this only when it
-# loads, so it must be set before numpy is imported; a user's setting wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Thread pools first: OpenBLAS and Numba's OpenMP layer read their settings
+# when they load, and a user's `import numpy` or `import torch` may already
+# have loaded them; npgpt/threads.py reconfigures what is loaded and sets
+# the environment for what is not (a user's own settings win).
+threads.configure()
 
 # ---- the public API (below the environment settings above, which must come first)
 from . import gradcheck, layers, reference  # noqa: E402

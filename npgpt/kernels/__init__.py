@@ -20,16 +20,8 @@ fastmath lets LLVM reorder sums and vectorise, and assumes no NaN or inf, so
 no kernel relies on -inf: the causal mask is a loop bound and maxima start
 from a real element.
 """
-import os
-
-# Two thread pools share the cores: OpenBLAS's (the matrix products) and
-# Numba's (everything else), and they take turns many times per step.  By
-# default an OpenMP worker busy-waits for a while after each parallel loop,
-# stealing the core from the OpenBLAS thread that runs next; passive waiting
-# lets it sleep at once.  This must be set before Numba starts its OpenMP
-# pool (the first parallel kernel call), and a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, lora, optim  # noqa: E402
+# The thread pools' settings (OMP_WAIT_POLICY, OpenBLAS's thread timeout)
+# are made by `import npgpt`, before this package loads: npgpt/threads.py.
+from . import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, lora, optim
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear", "lora", "optim"]
