@@ -48,6 +48,7 @@ class GPTClassifier:
         self.params = views_into(self.flat_params, self.shapes)
         # GPT-2's init for a fresh head: N(0, 0.02), as Hugging Face's GPT2ForSequenceClassification
         self.params["score.weight"][...] = np.random.default_rng(seed).normal(0.0, 0.02, (C, self.num_labels))
+        self.tokenizer = self.labels = None  # set by npgpt.classify_task.load_classifier: what predict_texts reads
 
     # ---------------------------------------------------------------- checks
     def _check(self, idx, lengths, labels=None):
