@@ -50,6 +50,16 @@ class GPTClassifier:
         self.params["score.weight"][...] = np.random.default_rng(seed).normal(0.0, 0.02, (C, self.num_labels))
         self.tokenizer = self.labels = None  # set by npgpt.classify_task.load_classifier: what predict_texts reads
 
+    @property
+    def frozen(self):
+        """Names of the frozen parameters (npgpt/finetune.py's freeze sets it): the body's are the GPT's."""
+        return self.gpt.frozen
+
+    @frozen.setter
+    def frozen(self, names):
+        # the head always trains: a frozen random head would teach the body to fit noise
+        self.gpt.frozen = frozenset(n for n in names if n != "score.weight")
+
     # ---------------------------------------------------------------- checks
     def _check(self, idx, lengths, labels=None):
         idx = self.gpt._check_idx(idx)

@@ -111,8 +111,11 @@ class ClassificationTask:
         if cfg.init_from is not None:
             from .pretrained import load_for_finetuning
 
+            lora = {}
+            if getattr(cfg, "lora_rank", 0):  # fresh adapters (B = 0), trained alone unless --freeze says more
+                lora = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets}
             gpt, tokenizer = load_for_finetuning(cfg.init_from, dtype=cfg.dtype, backend=cfg.backend,
-                                                 block_size=cfg.block_size, dropout=cfg.dropout)
+                                                 block_size=cfg.block_size, dropout=cfg.dropout, seed=cfg.seed, **lora)
         else:
             from .data import build_tokenizer
 
