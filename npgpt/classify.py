@@ -30,6 +30,8 @@ from .model import views_into
 class GPTClassifier:
     """A GPT body with a linear head on each sequence's last real token."""
 
+    always_trained = ("score.weight",)  # npgpt/finetune.py: no --freeze spec freezes the new head
+
     def __init__(self, gpt, num_labels, lm_weight=0.0, seed=0):
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 2:
             raise ValueError(f"num_labels must be an integer >= 2, got {num_labels!r}")

@@ -191,3 +191,26 @@ def test_bad_predict_arguments_are_one_line(tmp_path, capsys, argv, message):
     assert main(["classify", "predict", "--ckpt", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+# ------------------------------------------------------------------ fine-tuning options of `npgpt train`
+def test_lora_trains_the_adapters_and_the_head_only(tmp_path, capsys):
+    from npgpt.train import FIELDS
+
+    if "lora_rank" not in FIELDS:
+        pytest.skip("this npgpt train has no LoRA options")
+    assert main(["train", "--out", str(tmp_path / "lm"), "--max-iters", "1", "--n-layer", "1", "--n-embd", "16",
+                 "--n-head", "2", "--block-size", "48", "--backend", "numpy", "--sample-tokens", "0",
+                 "--no-progress", "--eval-iters", "1"]) == 0
+    assert train(tmp_path, "--init-from", str(tmp_path / "lm"), "--lora-rank", "2", iters=4) == 0
+    capsys.readouterr()
+    base = checkpoint.load(str(tmp_path / "lm"))
+    tuned = checkpoint.load(str(tmp_path / "out"))
+    for name, w in base.params.items():  # every base weight frozen, bit for bit
+        np.testing.assert_array_equal(tuned.params[name], w, err_msg=name)
+    adapters = [n for n in tuned.params if n.endswith(".lora_b")]
+    assert adapters and all(np.abs(tuned.params[n]).sum() > 0 for n in adapters)  # B starts at 0: it trained
+    fresh_head = np.random.default_rng(1337).normal(0.0, 0.02, tuned.params["score.weight"].shape)
+    assert not np.allclose(tuned.params["score.weight"], fresh_head.astype(np.float32))  # the head trained too
+    clf = load_classifier(str(tmp_path / "out"))
+    assert clf.config.lora_rank == 2 and predict_texts(clf, ["fine"])[1].shape == (1, 2)
