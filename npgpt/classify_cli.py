@@ -121,6 +121,8 @@ def run_train(args):
     if not args.lm_weight >= 0 or args.lm_weight == float("inf"):
         raise UserError(f"--lm-weight must be a finite number >= 0, got {args.lm_weight}")
     cfg, ckpt = tr.resolve_settings(args)
+    if cfg.label_smoothing:
+        raise UserError("--label-smoothing applies to language modelling; the classifier's loss has none")
     with lock_out_dir(cfg.out):
         tr.prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
         if ckpt is not None:
