@@ -122,143 +122,114 @@ TRAINING_LOOP = [
     md("""# A complete GPT training loop
 
 Page: [docs/training_loop.md](../docs/training_loop.md). A small character-level
-GPT on the bundled Tiny Shakespeare, with the reference NumPy backend (no Numba
-compile), and the two sanity checks to run before any long training:
+GPT on the bundled Tiny Shakespeare, written with the public API
+(`model.loss_and_grad`, `AdamW.step(grads, lr)`, `make_schedule`), with the two
+sanity checks to run before any long training:
 
 1. **loss at init is about ln V**: a fresh model should be unsure, spreading
    its probability evenly over the V tokens;
 2. **it can overfit one batch**: with a single batch repeated, the loss must
-   fall far below ln V, or the gradients or the optimizer are broken."""),
+   fall far below ln V, or the gradients or the optimizer are broken.
+
+It runs the default fused Numba kernels: the first run on a machine compiles
+them once (about 30 s, said on stderr) and caches them. `backend="numpy"`
+runs the plain reference layers instead, with no compile but slower steps."""),
     code("""import math
 import numpy as np
-from npgpt import GPT, GPTConfig
+import npgpt
 from npgpt.data import load_text, make_corpus, get_batch
-from npgpt.tokenizers.char import CharTokenizer
-from npgpt.optim import AdamW, make_schedule
-from npgpt.generate import generate
 
 text = load_text()                                    # bundled Tiny Shakespeare
-tok = CharTokenizer.train(text)
-corpus = make_corpus(text, tok)
-V = tok.vocab_size
-config = GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_embd=64, backend="numpy")
-model = GPT(config, seed=0)
+tok = npgpt.CharTokenizer.train(text)
+corpus = make_corpus(text, tok)                       # .train, .val: token arrays
+V, B, T = tok.vocab_size, 8, 32
+config = npgpt.GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=4, n_embd=64)
+model = npgpt.GPT(config, seed=0)
 rng = np.random.default_rng(0)
 print(f"V = {V}, {model.num_params:,} parameters")"""),
     md("""## Check 1: loss at init ≈ ln V"""),
-    code("""x, y = get_batch(corpus.train, 16, config.block_size, rng)
-loss, _ = model.forward(x, y)
+    code("""x, y = get_batch(corpus.train, B, T, rng)             # (B, T) each
+loss, grads = model.loss_and_grad(x, y)               # grads: {name: array}, views into grads.flat
 print(f"loss at init {loss:.3f}, ln V = {math.log(V):.3f}")
 assert abs(loss - math.log(V)) < 0.1"""),
     md("""## Check 2: overfit one batch
 
-The same `(x, y)` every step. `model.backward(cache, out=grad)` writes every
-gradient into one flat buffer `grad`, the layout `AdamW.step` works on."""),
-    code("""grad = np.zeros(model.num_params, dtype=model.dtype)    # reused every step
-opt = AdamW(model, weight_decay=0.0)
+The same `(x, y)` every step, no weight decay. Passing last step's `grads`
+back into `loss_and_grad` reuses its buffer."""),
+    code("""opt = npgpt.AdamW(model, weight_decay=0.0)
 for it in range(150):
-    loss, cache = model.forward(x, y)
-    model.backward(cache, out=grad)
-    opt.step(grad, lr=3e-3)
+    loss, grads = model.loss_and_grad(x, y, grads=grads)
+    opt.step(grads, lr=3e-3)
 print(f"after 150 steps on one batch: loss {loss:.3f}")
 assert loss < 1.0"""),
     md("""## The training loop itself
 
 A fresh model, random batches, a warmup-then-cosine schedule, dropout on
-(a generator passed to `forward`), and a validation loss now and then."""),
-    code("""model = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_embd=64,
-                     dropout=0.1, backend="numpy"), seed=0)
-opt = AdamW(model, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
-sched = make_schedule("cosine", lr=3e-3, min_lr=3e-4, warmup_iters=20, decay_iters=300)
-grad = np.zeros(model.num_params, dtype=model.dtype)
+(a generator passed as `rng`), and a validation loss before and after."""),
+    code("""model = npgpt.GPT(npgpt.GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=4, n_embd=64, dropout=0.1),
+                  seed=0)
+opt = npgpt.AdamW(model, weight_decay=0.1, grad_clip=1.0)
+sched = npgpt.make_schedule("cosine", lr=1e-2, min_lr=1e-3, warmup_iters=10, decay_iters=150)
+grads = None
 
 def val_loss(n_batches=4):
     vrng = np.random.default_rng(123)                 # the same batches every time
-    return np.mean([model.forward(*get_batch(corpus.val, 16, 32, vrng))[0] for _ in range(n_batches)])
+    return np.mean([model.forward(*get_batch(corpus.val, B, T, vrng))[0] for _ in range(n_batches)])
 
 first_val = val_loss()
-for it in range(300):
-    x, y = get_batch(corpus.train, 16, 32, rng)
-    loss, cache = model.forward(x, y, rng=rng)        # rng turns dropout on
-    model.backward(cache, out=grad)
-    norm = opt.step(grad, sched.lr(it))               # clips in place, returns the pre-clip norm
-    if it % 100 == 0 or it == 299:
+for it in range(150):
+    x, y = get_batch(corpus.train, B, T, rng)
+    loss, grads = model.loss_and_grad(x, y, grads=grads, rng=rng)   # rng turns dropout on
+    norm = opt.step(grads, sched.lr(it))              # clips in place, returns the pre-clip norm
+    if it % 50 == 0 or it == 149:
         print(f"step {it:3d}  lr {sched.lr(it):.2e}  loss {loss:.3f}  grad norm {norm:.2f}")
 last_val = val_loss()
 print(f"val loss {first_val:.3f} -> {last_val:.3f}")
 assert last_val < first_val - 0.5"""),
     md("""## Sample from it
 
-Three hundred steps of a tiny model give letters in roughly the right
-places, not Shakespeare."""),
-    code("""prompt = tok.encode("ROMEO:")
-ids = list(generate(model, prompt, max_new_tokens=80, rng=np.random.default_rng(0),
-                    temperature=0.8, top_k=20))
-print(tok.decode(prompt + ids))"""),
+A hundred and fifty steps of a tiny model give letters in roughly the right
+places, not Shakespeare. `generate` runs through the KV cache and returns
+the prompt with its continuation."""),
+    code("""ids = model.generate(tok.encode("ROMEO:"), 80, temperature=0.8, top_k=20, seed=0)
+print(tok.decode(list(ids)))"""),
 ]
 
 
 ATTENTION_MAPS = [
     md("""# Looking inside a trained model: attention maps
 
-We train a tiny character GPT for a few hundred steps, then recompute every
-head's attention probabilities `P = causal_softmax(q @ k.T / sqrt(hs))` from
-the model's parameters with the plain layers of `npgpt.layers`, and draw them."""),
+We train a tiny character GPT briefly, then ask it for every head's attention
+probabilities `P = causal_softmax(q @ k.T / sqrt(hs))` with
+`model.attention_maps(idx)`, and draw them. `npgpt attention --ckpt out --text
+"..." --out attn.png` draws the same for a checkpoint of `npgpt train`."""),
     code("""import numpy as np
 import matplotlib.pyplot as plt
-from npgpt import GPT, GPTConfig
+import npgpt
 from npgpt.data import load_text, make_corpus, get_batch
-from npgpt.tokenizers.char import CharTokenizer
-from npgpt.optim import AdamW, make_schedule
-from npgpt.layers import attention, embedding, layernorm, linear, gelu
 
 text = load_text()
-tok = CharTokenizer.train(text)
+tok = npgpt.CharTokenizer.train(text)
 corpus = make_corpus(text, tok)
-config = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64, backend="numpy")
-model = GPT(config, seed=0)
-opt = AdamW(model)
-sched = make_schedule("cosine", lr=3e-3, min_lr=3e-4, warmup_iters=20, decay_iters=300)
-grad = np.zeros(model.num_params, dtype=model.dtype)
-rng = np.random.default_rng(0)
-for it in range(300):
-    loss, cache = model.forward(*get_batch(corpus.train, 16, 32, rng))
-    model.backward(cache, out=grad)
-    opt.step(grad, sched.lr(it))
+config = npgpt.GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64)
+model = npgpt.GPT(config, seed=0)
+opt = npgpt.AdamW(model)
+sched = npgpt.make_schedule("cosine", lr=1e-2, min_lr=1e-3, warmup_iters=10, decay_iters=150)
+rng, grads = np.random.default_rng(0), None
+for it in range(150):
+    loss, grads = model.loss_and_grad(*get_batch(corpus.train, 8, 32, rng), grads=grads)
+    opt.step(grads, sched.lr(it))
 print(f"trained: loss {loss:.3f}")"""),
-    md("""## Recompute the attention probabilities
+    md("""## The attention probabilities
 
-The same steps as the model's forward (`npgpt/model.py`, `_hidden`), keeping
-each block's `probs` from the attention cache `(q, k, v, probs, scale)`. The
-final check against `model.logits` proves the recomputation is the model's."""),
-    code("""def attention_maps(model, idx):
-    \"\"\"idx (B, T) -> probs (n_layer, B, n_head, T, T), and the logits (B, T, V).\"\"\"
-    P, cfg = model.params, model.config
-    x, _ = embedding.forward(idx, P["wte.weight"], P["wpe.weight"])
-    maps = []
-    for i in range(cfg.n_layer):
-        pre = f"h.{i}."
-        h, _ = layernorm.forward(x, P[pre + "ln_1.weight"], P[pre + "ln_1.bias"])
-        qkv, _ = linear.forward(h, P[pre + "attn.c_attn.weight"], P[pre + "attn.c_attn.bias"])
-        a, (q, k, v, probs, scale) = attention.forward(qkv, cfg.n_head)
-        maps.append(probs)
-        a, _ = linear.forward(a, P[pre + "attn.c_proj.weight"], P[pre + "attn.c_proj.bias"])
-        x = x + a
-        h, _ = layernorm.forward(x, P[pre + "ln_2.weight"], P[pre + "ln_2.bias"])
-        h, _ = linear.forward(h, P[pre + "mlp.c_fc.weight"], P[pre + "mlp.c_fc.bias"])
-        h, _ = gelu.forward(h)
-        h, _ = linear.forward(h, P[pre + "mlp.c_proj.weight"], P[pre + "mlp.c_proj.bias"])
-        x = x + h
-    x, _ = layernorm.forward(x, P["ln_f.weight"], P["ln_f.bias"])
-    return np.stack(maps), x @ P["wte.weight"].T
-
-sentence = "First Citizen:\\nBefore we proceed"
-idx = np.array([tok.encode(sentence)])
-maps, logits = attention_maps(model, idx)
+`attention_maps` runs the forward of `npgpt/reference.py` (the plain layers)
+and keeps each block's `probs`: one (T, T) map per layer and head. Each row
+is a probability distribution over the keys, and nothing looks ahead."""),
+    code("""sentence = "First Citizen:\\nBefore we proceed"
+maps = model.attention_maps(tok.encode(sentence))                # (n_layer, n_head, T, T) for one prompt
 print(maps.shape)
-assert np.allclose(logits, model.logits(idx), atol=1e-4)          # it is the model's own forward
 assert np.allclose(maps.sum(axis=-1), 1.0, atol=1e-5)             # every row is a distribution
-assert np.all(np.triu(maps, k=1) == 0.0)                          # nothing looks ahead"""),
+assert np.all(np.triu(maps, k=1) == 0.0)                          # the causal mask: no future keys"""),
     md("""## Draw every head
 
 Rows are queries (the position predicting the next character), columns the
@@ -269,7 +240,7 @@ fig, axes = plt.subplots(L, H, figsize=(3 * H, 3 * L))
 for l in range(L):
     for h in range(H):
         ax = axes[l, h]
-        ax.imshow(maps[l, 0, h], cmap="viridis", vmin=0, vmax=1)
+        ax.imshow(maps[l, h], cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"layer {l} head {h}", fontsize=9)
         ax.set_xticks(range(len(labels)), labels, fontsize=5)
         ax.set_yticks(range(len(labels)), labels, fontsize=5)
@@ -280,16 +251,15 @@ plt.show()"""),
 Two simple summaries per head: how much of each query's attention falls on
 itself and on the previous position, averaged over positions, and the entropy
 of each row (ln T would be uniform attention over T keys, 0 a single key).
-After 300 steps of a 2-layer model the heads are still broad; train longer
+After 150 steps of a 2-layer model the heads are still broad; train longer
 (or read `npgpt train`'s checkpoints) and look for heads that sharpen onto
 the previous character or onto the start of a word."""),
-    code("""T = idx.shape[1]
-for l in range(L):
+    code("""for l in range(L):
     for h in range(H):
-        p = maps[l, 0, h]
+        p = maps[l, h]
         self_w = np.mean(np.diagonal(p))
         prev_w = np.mean(np.diagonal(p, offset=-1))
-        entropy = -np.mean(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1))
+        entropy = -np.mean(np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1))
         print(f"layer {l} head {h}: self {self_w:.2f}  previous {prev_w:.2f}  mean entropy {entropy:.2f} nats")"""),
 ]
 

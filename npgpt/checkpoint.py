@@ -43,8 +43,8 @@ import safetensors.numpy
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, current_umask, fsync_dir
-from .model import GPT, GPTConfig, param_shapes
-from .safeload import Const, Float, Int, Map, Obj, load_json, parse_json
+from .model import GPT, NORMS, POSITIONS, GPTConfig, param_shapes
+from .safeload import Const, Float, Int, Map, Obj, OneOf, load_json, parse_json
 
 POINTER = "checkpoint.json"
 BEST_POINTER = "best.json"
@@ -59,7 +59,8 @@ POINTER_SCHEMA = Obj({"format": Const(FORMAT), "version": Const(VERSION), "snaps
 STATE_SCHEMA = Obj({}, optional={"iter": Int(min=0)})
 CONFIG_SCHEMA = Obj({"vocab_size": Int(min=1), "block_size": Int(min=1), "n_layer": Int(min=1),
                      "n_head": Int(min=1), "n_embd": Int(min=1)},
-                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str})
+                    optional={"dropout": Float(min=0.0, max=1.0), "bias": bool, "dtype": str, "backend": str,
+                              "norm": OneOf(*NORMS), "positions": OneOf(*POSITIONS)})  # absent: pre, learned
 TOKENIZER_SCHEMA = Obj({})
 
 
@@ -244,12 +245,19 @@ def _locate(out_dir, which):
     return out_dir, POINTER, pointer
 
 
-def load(out_dir, which="latest"):
+def model_kind(config):
+    """What kind of model a config.json describes: its "model" field; GPT configs have none ("gpt")."""
+    return config.get("model", "gpt")
+
+
+def load(out_dir, which="latest", kind="gpt", config_schema=CONFIG_SCHEMA):
     """Read a snapshot of out_dir (a training output directory) into a Checkpoint.
 
     which: "latest" (what checkpoint.json names: resuming) or "best" (the
     best-validation snapshot when best.json names one other than the
     latest, else the latest).  out_dir may also be a pointer file itself.
+    kind: the model the caller builds ("gpt", or "seq2seq" with that
+    model's config_schema); a checkpoint of another kind gets one line.
     """
     out_dir, pointer_name, pointer = _locate(out_dir, which)
     snapshot = os.path.join(out_dir, pointer["snapshot"])
@@ -263,7 +271,11 @@ def load(out_dir, which="latest"):
     def read(name):
         return _read_verified(snapshot, name, hashes)
 
-    config = _load_json(read("config.json"), os.path.join(snapshot, "config.json"), CONFIG_SCHEMA)
+    config_path = os.path.join(snapshot, "config.json")
+    config = _load_json(read("config.json"), config_path, Obj({}))
+    if model_kind(config) != kind:
+        raise UserError(f"{out_dir} holds a {model_kind(config)!s:.40} model, not a {kind} model")
+    config = _load_json(read("config.json"), config_path, config_schema)
     tokenizer = _load_json(read("tokenizer.json"), os.path.join(snapshot, "tokenizer.json"), TOKENIZER_SCHEMA)
     state = _load_json(read("state.json"), os.path.join(snapshot, "state.json"), STATE_SCHEMA)
     params = _load_tensors(read("model.safetensors"), os.path.join(snapshot, "model.safetensors"))

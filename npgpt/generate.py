@@ -86,17 +86,29 @@ def forward_cached(model, idx, cache):
             out += layers.lora.forward(x, P[prefix + ".lora_a"], P[prefix + ".lora_b"], model.lora_scale)[0]
         return out
 
-    x, _ = layers.embedding.forward(idx, P["wte.weight"], P["wpe.weight"][pos:])  # (B, t, C) at positions pos..
+    x, _ = layers.embedding.forward(idx, P["wte.weight"], model._position_rows()[pos:])  # (B, t, C) at positions pos..
+    post = cfg.norm == "post"
+
+    def layernorm(x, prefix):
+        return layers.layernorm.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"), eps)[0]
+
+    def residual(x, ln, branch):  # pre (GPT-2): x + f(ln(x));  post (the paper): ln(x + f(x))
+        return layernorm(x + branch(x), ln) if post else x + branch(layernorm(x, ln))
+
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
-        qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
-        a = cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos)  # (B, t, C)
-        x = x + linear(a, pre + "attn.c_proj")
-        h, _ = layers.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
-        h, _ = layers.gelu.forward(linear(h, pre + "mlp.c_fc"))  # (B, t, 4C)
-        x = x + linear(h, pre + "mlp.c_proj")
-    x, _ = layers.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
+
+        def attention(h):  # (B, t, C) -> (B, t, C), earlier positions' keys and values read from the cache
+            qkv = linear(h, pre + "attn.c_attn")  # (B, t, 3C)
+            return linear(cached_attention(qkv, cfg.n_head, cache.k[i], cache.v[i], pos), pre + "attn.c_proj")
+
+        def mlp(h):  # (B, t, C) -> (B, t, 4C) -> (B, t, C)
+            return linear(layers.gelu.forward(linear(h, pre + "mlp.c_fc"))[0], pre + "mlp.c_proj")
+
+        x = residual(x, pre + "ln_1", attention)
+        x = residual(x, pre + "ln_2", mlp)
+    if not post:  # post-LN has no ln_f: the last block ends in its ln_2
+        x = layernorm(x, "ln_f")
     cache.length = pos + t
     return x @ P["wte.weight"].T  # tied head: (B, t, C) @ (C, V)
 

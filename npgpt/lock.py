@@ -41,7 +41,7 @@ def lock_out_dir(out):
         raise UserError(f"cannot write to output directory {out}: {e.strerror or e}") from None
     try:
         if not _try_lock(fd, out):
-            raise UserError(f"{out} is in use by another npgpt train ({_holder(fd)}); wait for it to finish, "
+            raise UserError(f"{out} is in use by another npgpt training run ({_holder(fd)}); wait for it to finish, "
                             "or choose another --out")
         try:
             os.ftruncate(fd, 0)

@@ -6,6 +6,13 @@ Each block is  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))  with
 mlp = c_fc (C -> 4C), GELU, c_proj (4C -> C).  The LM head reuses
 `wte.weight` (weight tying), so its gradient adds to the embedding's.
 
+Two variants of "Attention Is All You Need" (docs/model.md, "Post-LN and
+sinusoidal positions"): norm="post" puts each layer norm after its residual
+sum, x = ln_1(x + attn(x));  x = ln_2(x + mlp(x)), and has no ln_f (the
+last block already ends in a norm; the paper has none); positions="sinusoidal"
+adds the fixed table of npgpt/layers/positional.py instead of a learned
+wpe.weight, which then does not exist.
+
 Parameters are named as in Hugging Face's GPT-2 and live as views into one
 flat float buffer (`model.flat_params`), like llm.c's ParameterTensors:
 the optimizer, gradient clipping and checkpoints then each work on a
@@ -17,14 +24,17 @@ branches, dropout and buffers this file adds for speed.  GPT's docstring
 shows the public methods at work.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from . import layers
+from .layers import positional
 from .seeding import as_generator
 
 BACKENDS = ("numpy", "numba")
+NORMS = ("pre", "post")  # layer norm before each sub-layer (GPT-2) or after its residual sum (the paper)
+POSITIONS = ("learned", "sinusoidal")  # wpe.weight, or the paper's fixed sinusoid table
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class GPTConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "attn.c_attn,attn.c_proj"
+    norm: str = "pre"  # NORMS
+    positions: str = "learned"  # POSITIONS
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -74,6 +86,13 @@ class GPTConfig:
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
             raise ValueError(f"GPTConfig.lora_alpha must be a positive number, got {self.lora_alpha!r}")
         lora_target_names(self.lora_targets)  # raises on an unknown name
+        if self.norm not in NORMS:
+            raise ValueError(f"GPTConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"GPTConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be even for sinusoidal positions "
+                             f"(channels come in sin/cos pairs)")
 
     @property
     def mlp_width(self):
@@ -108,7 +127,9 @@ def lora_target_names(targets):
 def param_shapes(config):
     """The model's parameters in storage order: {name: shape}, GPT-2's names."""
     C, V = config.n_embd, config.vocab_size
-    shapes = {"wte.weight": (V, C), "wpe.weight": (config.block_size, C)}
+    shapes = {"wte.weight": (V, C)}
+    if config.positions == "learned":
+        shapes["wpe.weight"] = (config.block_size, C)
 
     def add_layernorm(prefix):
         shapes[f"{prefix}.weight"] = (C,)
@@ -127,7 +148,8 @@ def param_shapes(config):
         add_layernorm(f"h.{i}.ln_2")
         add_linear(f"h.{i}.mlp.c_fc", C, config.mlp_width)
         add_linear(f"h.{i}.mlp.c_proj", config.mlp_width, C)
-    add_layernorm("ln_f")
+    if config.norm == "pre":  # post-LN: the last block's ln_2 is the final norm
+        add_layernorm("ln_f")
     if config.lora_rank:  # adapters last: the base weights stay one contiguous prefix of the buffer
         r = config.lora_rank
         for i in range(config.n_layer):
@@ -212,6 +234,9 @@ class GPT:
         # names of parameters that do not train (npgpt.finetune.freeze): backward writes zeros
         # for them and skips the weight-gradient products it can
         self.frozen = frozenset()
+        # positions="sinusoidal": a fixed table stands where wpe.weight would; no parameter, no gradient
+        self.position_table = (positional.forward(config.block_size, config.n_embd, dtype=self.dtype)
+                               if config.positions == "sinusoidal" else None)
         if init_weights:
             self._init_weights(np.random.default_rng(seed))
         if self.fused:
@@ -296,31 +321,64 @@ class GPT:
 
     # ---------------------------------------------------------------- forward
     def _hidden(self, idx, rng, caches):
-        """idx (B, T) -> final hidden states (B, T, C), after ln_f."""
+        """idx (B, T) -> final hidden states (B, T, C), after ln_f (pre-LN) or the last block's ln_2 (post-LN)."""
         ops, P, cfg = self.ops, self.params, self.config
         p_drop = cfg.dropout if rng is not None else 0.0  # dropout only when training
-        eps = cfg.layer_norm_epsilon
-        x, c = ops.embedding.forward(idx, P["wte.weight"], P["wpe.weight"])  # (B, T, C)
+        x, c = ops.embedding.forward(idx, P["wte.weight"], self._position_rows())  # (B, T, C)
         caches.append(c)
         x, c = ops.dropout.forward(x, p_drop, rng)
         caches.append(c)
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
-            h, c_ln1 = ops.layernorm.forward(x, P[pre + "ln_1.weight"], P.get(pre + "ln_1.bias"), eps)
-            qkv, c_qkv = self._linear(h, pre + "attn.c_attn")  # (B, T, 3C)
-            a, c_att = ops.attention.forward(qkv, cfg.n_head)  # (B, T, C)
-            a, c_aproj = self._linear(a, pre + "attn.c_proj")
-            a, c_adrop = ops.dropout.forward(a, p_drop, rng)
-            x = x + a  # residual
-            h, c_ln2 = ops.layernorm.forward(x, P[pre + "ln_2.weight"], P.get(pre + "ln_2.bias"), eps)
-            h, c_fc, c_gelu = self._mlp_up(h, pre + "mlp.c_fc")  # (B, T, 4C)
-            h, c_mproj = self._linear(h, pre + "mlp.c_proj")  # (B, T, C)
-            h, c_mdrop = ops.dropout.forward(h, p_drop, rng)
-            x = x + h  # residual
+            x, c_ln1, (c_qkv, c_att, c_aproj, c_adrop) = self._residual(
+                x, pre + "ln_1", lambda h: self._attention_branch(h, pre, p_drop, rng))
+            x, c_ln2, (c_fc, c_gelu, c_mproj, c_mdrop) = self._residual(
+                x, pre + "ln_2", lambda h: self._mlp_branch(h, pre, p_drop, rng))
             caches.append((c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop))
-        x, c = ops.layernorm.forward(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
-        caches.append(c)
+        if cfg.norm == "pre":
+            x, c = self._layernorm(x, "ln_f")
+            caches.append(c)
         return x
+
+    def _position_rows(self):
+        """The (block_size, C) table added to the token embedding: wpe.weight, or the fixed sinusoid."""
+        return self.params["wpe.weight"] if self.position_table is None else self.position_table
+
+    def _layernorm(self, x, prefix):
+        """x (B, T, C) -> the layer norm named prefix applied to it, and its cache."""
+        P = self.params
+        eps = self.config.layer_norm_epsilon
+        return self.ops.layernorm.forward(x, P[prefix + ".weight"], P.get(prefix + ".bias"), eps)
+
+    def _residual(self, x, ln, branch):
+        """One sub-layer in its residual connection: x (B, T, C) -> (out (B, T, C), ln's cache, branch's cache).
+
+        branch: h (B, T, C) -> (y (B, T, C), cache).  ln: the layer norm's name.
+        pre (GPT-2):  out = x + branch(ln(x))  -- the stream itself is never normalised;
+        post (paper): out = ln(x + branch(x))  -- every block's output is.
+        """
+        if self.config.norm == "pre":
+            h, c_ln = self._layernorm(x, ln)
+            y, c_branch = branch(h)
+            return x + y, c_ln, c_branch
+        y, c_branch = branch(x)
+        out, c_ln = self._layernorm(x + y, ln)
+        return out, c_ln, c_branch
+
+    def _attention_branch(self, h, pre, p_drop, rng):
+        """h (B, T, C) -> drop(c_proj(attn(c_attn(h)))) (B, T, C), (c_qkv, c_att, c_aproj, c_adrop)."""
+        qkv, c_qkv = self._linear(h, pre + "attn.c_attn")  # (B, T, 3C)
+        a, c_att = self.ops.attention.forward(qkv, self.config.n_head)  # (B, T, C)
+        a, c_aproj = self._linear(a, pre + "attn.c_proj")
+        a, c_adrop = self.ops.dropout.forward(a, p_drop, rng)
+        return a, (c_qkv, c_att, c_aproj, c_adrop)
+
+    def _mlp_branch(self, h, pre, p_drop, rng):
+        """h (B, T, C) -> drop(c_proj(gelu(c_fc(h)))) (B, T, C), (c_fc, c_gelu, c_mproj, c_mdrop)."""
+        h, c_fc, c_gelu = self._mlp_up(h, pre + "mlp.c_fc")  # (B, T, 4C)
+        h, c_mproj = self._linear(h, pre + "mlp.c_proj")  # (B, T, C)
+        h, c_mdrop = self.ops.dropout.forward(h, p_drop, rng)
+        return h, (c_fc, c_gelu, c_mproj, c_mdrop)
 
     def _linear(self, x, prefix, with_bias=True):
         """x @ w + b of the layer named prefix, plus its LoRA adapter's x @ a @ b * scale if it has one.
@@ -393,7 +451,7 @@ class GPT:
         loss, 1 by default; a weight when a batch is split into shards whose
         gradients are summed (npgpt/parallel.py).
         """
-        ops, P, cfg = self.ops, self.params, self.config
+        ops, cfg = self.ops, self.config
         if not cache:
             raise ValueError("this forward cache was already used by a backward")
         G = Gradients(self._gradient_buffer(out), self.shapes)
@@ -424,44 +482,70 @@ class GPT:
         another head on top (npgpt/classify.py) calls this with its own dx.
         """
         ops, cfg, frozen = self.ops, self.config, self.frozen
-        dx, dw, db = ops.layernorm.backward(dx, caches.pop())
-        _store(G, "ln_f", dw, db)
+        if cfg.norm == "pre":
+            dx, dw, db = ops.layernorm.backward(dx, caches.pop())
+            _store(G, "ln_f", dw, db)
         for i in reversed(range(cfg.n_layer)):
             pre = f"h.{i}."
             c_ln1, c_qkv, c_att, c_aproj, c_adrop, c_ln2, c_fc, c_gelu, c_mproj, c_mdrop = caches.pop()
-            # MLP branch: x = x + drop(c_proj(gelu(c_fc(ln_2(x)))))
-            dh = ops.dropout.backward(dx, c_mdrop)
-            dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj", frozen))
-            if self.fused and cfg.bias:
-                dh, db = ops.gelu.bias_backward(dh, c_gelu)  # also sums c_fc's bias gradient
-                G[pre + "mlp.c_fc.bias"][...] = db
-            else:
-                dh = ops.gelu.backward(dh, c_gelu)
-            dh = self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc", frozen))
-            dh, dw, db = ops.layernorm.backward(dh, c_ln2)
-            _store(G, pre + "ln_2", dw, db)
-            dx += dh  # the residual passes dx through unchanged; the branch adds its part
-            # attention branch: x = x + drop(c_proj(attn(c_attn(ln_1(x)))))
-            da = ops.dropout.backward(dx, c_adrop)
-            da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj", frozen))
-            dqkv = ops.attention.backward(da, c_att)
-            dh = self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn", frozen))
-            dh, dw, db = ops.layernorm.backward(dh, c_ln1)
-            _store(G, pre + "ln_1", dw, db)
-            dx += dh
+            dx = self._residual_backward(dx, c_ln2, pre + "ln_2", G, lambda dy: self._mlp_branch_backward(
+                dy, (c_fc, c_gelu, c_mproj, c_mdrop), G, pre))
+            dx = self._residual_backward(dx, c_ln1, pre + "ln_1", G, lambda dy: self._attention_branch_backward(
+                dy, (c_qkv, c_att, c_aproj, c_adrop), G, pre))
 
         dx = ops.dropout.backward(dx, caches.pop())
         c_emb = caches.pop()
-        if {"wte.weight", "wpe.weight"} <= frozen:
+        trained = {"wte.weight", "wpe.weight"} & set(self.shapes)
+        if trained <= frozen:
             return _zero_frozen(G, frozen)
+        # sinusoidal positions: the table is a constant, so the lookup's position gradient is dropped
+        dwpe = G["wpe.weight"] if "wpe.weight" in G else np.zeros_like(self.position_table)
         if self.fused:  # add the lookup's gradient into wte in place: no (V, C) temporary
-            G["wpe.weight"][...] = 0.0
-            ops.embedding.backward_into(dx, c_emb, G["wte.weight"], G["wpe.weight"])
+            dwpe[...] = 0.0
+            ops.embedding.backward_into(dx, c_emb, G["wte.weight"], dwpe)
         else:
-            dwte, dwpe = ops.embedding.backward(dx, c_emb)
+            dwte, dwpe[...] = ops.embedding.backward(dx, c_emb)
             G["wte.weight"] += dwte  # tied: the lookup's gradient adds to the head's
-            G["wpe.weight"][...] = dwpe
         return _zero_frozen(G, frozen)
+
+    def _residual_backward(self, dout, c_ln, ln, G, branch_backward):
+        """dout (B, T, C) -> dx (B, T, C) through one sub-layer in its residual connection (see _residual);
+        the layer norm's gradients land in G.  branch_backward: dy -> dh.
+
+        pre:  out = x + f(LN(x))          ->  dx = dout + LN'(f'(dout))
+        post: out = LN(s),  s = x + f(x)  ->  ds = LN'(dout),  dx = ds + f'(ds)
+        The residual path passes its gradient through unchanged; the branch adds its part.
+        """
+        if self.config.norm == "pre":
+            dh, dw, db = self.ops.layernorm.backward(branch_backward(dout), c_ln)
+            _store(G, ln, dw, db)
+            dout += dh
+            return dout
+        ds, dw, db = self.ops.layernorm.backward(dout, c_ln)
+        _store(G, ln, dw, db)
+        dh = branch_backward(ds)
+        dh += ds
+        return dh
+
+    def _attention_branch_backward(self, dy, caches, G, pre):
+        """dy (B, T, C) -> dh (B, T, C) of _attention_branch; its weights' gradients land in G."""
+        c_qkv, c_att, c_aproj, c_adrop = caches
+        da = self.ops.dropout.backward(dy, c_adrop)
+        da = self._linear_backward(da, c_aproj, *_grads_of(G, pre + "attn.c_proj", self.frozen))
+        dqkv = self.ops.attention.backward(da, c_att)
+        return self._linear_backward(dqkv, c_qkv, *_grads_of(G, pre + "attn.c_attn", self.frozen))
+
+    def _mlp_branch_backward(self, dy, caches, G, pre):
+        """dy (B, T, C) -> dh (B, T, C) of _mlp_branch; its weights' gradients land in G."""
+        c_fc, c_gelu, c_mproj, c_mdrop = caches
+        dh = self.ops.dropout.backward(dy, c_mdrop)
+        dh = self._linear_backward(dh, c_mproj, *_grads_of(G, pre + "mlp.c_proj", self.frozen))
+        if self.fused and self.config.bias:
+            dh, db = self.ops.gelu.bias_backward(dh, c_gelu)  # also sums c_fc's bias gradient
+            G[pre + "mlp.c_fc.bias"][...] = db
+        else:
+            dh = self.ops.gelu.backward(dh, c_gelu)
+        return self._linear_backward(dh, c_fc, *_grads_of(G, pre + "mlp.c_fc", self.frozen))
 
     def _gradient_buffer(self, out):
         """out: None (a new buffer), a Gradients or a flat (num_params,) array of the model's dtype."""
@@ -553,8 +637,16 @@ class GPT:
         one_prompt = prompts.ndim == 1
         prompts = self._check_idx(prompts[None, :] if one_prompt else prompts)
         self._check_tokens(prompts, self.config.vocab_size)
-        _, _, cache = reference.forward(self.params, self.config, prompts)
-        maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        if self.config.norm == "pre" and self.config.positions == "learned":
+            _, _, cache = reference.forward(self.params, self.config, prompts)
+            maps = np.stack(reference.attention_probs(cache))  # (n_layer, B, nh, T, T)
+        else:  # npgpt.reference is GPT-2's arrangement only: run these blocks on the reference layers,
+            twin = GPT(replace(self.config, backend="numpy"), init_weights=False)  # whose caches keep the probs
+            twin.flat_params[...] = self.flat_params
+            caches = []
+            twin._hidden(prompts, None, caches)
+            blocks = caches[2:2 + self.config.n_layer]
+            maps = np.stack([c_att[3] for (_, _, c_att, *_) in blocks])  # attention's cache: (q, k, v, probs, scale)
         return maps[:, 0] if one_prompt else maps
 
     def _linear_backward(self, dout, cache, dw, db, dlora=None):

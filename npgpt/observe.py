@@ -163,7 +163,7 @@ def residual_streams(model, caches):
         return [blocks[i][0][0] for i in range(1, n_layer)] + [caches[2 + n_layer][0]]
     P, ops = model.params, model.ops
     idx = caches[0][0]
-    x = P["wte.weight"][idx] + P["wpe.weight"][: idx.shape[1]]  # (B, T, C), the embedding's sum
+    x = P["wte.weight"][idx] + model._position_rows()[: idx.shape[1]]  # (B, T, C), the embedding's sum
     x = ops.dropout.backward(x, caches[1])  # a dropout's forward and backward apply the same mask
     streams = []
     for i, (_, _, _, c_aproj, c_adrop, _, _, _, c_mproj, c_mdrop) in enumerate(blocks):

@@ -5,15 +5,15 @@
 Reads OUT/metrics.jsonl (and any other *.jsonl in OUT), one JSON record a
 line, and sorts each record by its "kind":
 
-  header   {"kind": "header", "config": {...}, "versions": {...}, "cpu": ..., "threads": ..., "git": ...}
-           the run's settings, shown in the report
-  step     {"kind": "step", "step" (or "iter"), "tokens", "train_loss" (or "loss"), "lr", "grad_norm",
-            "clipped", "ms_per_step", "tokens_per_sec", "mfu"}   every --log-interval
+  header   {"kind": "header", "config": {...}, "versions": {...}, "machine": {"cpu", "cores", ...}, "git": ...}
+           the run's settings, shown in the report (npgpt train writes it to OUT/steps.jsonl)
+  step     {"kind": "step", "iter" (or "step"), "tokens", "train_loss" (or "loss"), "lr", "grad_norm",
+            "clipped", "ms_per_step", "tokens_per_sec", "mfu"}   every --log-interval (OUT/steps.jsonl)
   eval     {"kind": "eval" or no kind, "iter", "val_loss", "train_loss", "lr", "grad_norm", ...}
            every --eval-interval (the records npgpt train has always written)
   stats    {"kind": "stats", "iter", "params": {name: {"weight_rms", "grad_rms", "update_ratio"}},
             "layers": {"h.i": {"resid_mean", "resid_std", "gelu_beyond_3", "attn_entropy": [...]}}}
-           every --stats-interval (npgpt/observe.py)
+           every --stats-interval (npgpt/observe.py; OUT/steps.jsonl)
 
 Any kind may be missing: a figure whose records are absent is not drawn,
 and a run with eval records only still gets its loss, lr and gradient norm.
@@ -345,13 +345,14 @@ def report_html(run, images):
         parts.append(f"<p>last evaluation: step {int(last['iter'])}, val loss {_fmt(last.get('val_loss'))}"
                      f" (best {_fmt(best)})</p>")
     if not header:
-        parts.append("<p>No header record in metrics.jsonl: the run's settings are unknown.</p>")
+        parts.append("<p>No header record in the run's logs: its settings are unknown.</p>")
     for title, table in (("settings", header.get("config")), ("versions", header.get("versions"))):
         if isinstance(table, dict) and table:
             rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                            for k, v in table.items())
             parts.append(f"<h2>{title}</h2><table>{rows}</table>")
-    machine = {k: header[k] for k in ("cpu", "threads", "git") if k in header}
+    # npgpt train's step-log header (steps.jsonl) nests the machine under "machine"; older logs had it at the top
+    machine = {**_dict(header.get("machine")), **{k: header[k] for k in ("cpu", "threads", "git") if k in header}}
     if machine:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in machine.items())
         parts.append(f"<h2>machine</h2><table>{rows}</table>")

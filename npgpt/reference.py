@@ -23,6 +23,8 @@ from .layers import attention, cross_entropy, embedding, gelu, layernorm, linear
 
 def forward(params, config, idx, targets=None):
     """idx (B, T) ints -> (logits (B, T, V), loss or None without targets, cache for backward)."""
+    if getattr(config, "norm", "pre") != "pre" or getattr(config, "positions", "learned") != "learned":
+        raise ValueError("npgpt.reference is GPT-2's pre-LN, learned-position model; use GPT for the variants")
     P, eps = params, getattr(config, "layer_norm_epsilon", 1e-5)
     x, c_emb = embedding.forward(idx, P["wte.weight"], P["wpe.weight"])  # (B, T) -> (B, T, C): token + position
     blocks = []

@@ -148,6 +148,59 @@ class SpecialsTokenizer:
         return self.inner.to_dict()
 
 
+class WordTokenizer:
+    """text <-> ids, one id per whitespace-separated token (a phoneme, a word); ids follow the sorted vocabulary.
+
+    For targets that are already tokens, such as ARPAbet phonemes "K AE1 T":
+    a character tokenizer would spend three or four positions on each.
+    decode joins the tokens with single spaces.
+    """
+
+    def __init__(self, words):
+        words = list(words)
+        if not words:
+            raise ValueError("a word vocabulary needs at least one word")
+        if len(set(words)) != len(words) or any(not isinstance(w, str) or not w or w != "".join(w.split())
+                                                 for w in words):
+            raise ValueError("a word vocabulary must be distinct, non-empty strings without whitespace")
+        self.words = words
+        self.stoi = {w: i for i, w in enumerate(words)}
+
+    @property
+    def vocab_size(self):
+        return len(self.words)
+
+    def encode(self, text):
+        """str -> list[int]; words outside the vocabulary raise ValueError naming them."""
+        tokens = text.split()
+        unknown = sorted(set(tokens) - self.stoi.keys())
+        if unknown:
+            shown = ", ".join(repr(w) for w in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            raise ValueError(f"{len(unknown)} word(s) not in the model's {self.vocab_size}-word vocabulary: {shown}")
+        return [self.stoi[w] for w in tokens]
+
+    def decode(self, ids):
+        return " ".join(self.words[int(i)] for i in ids)
+
+    def to_dict(self):
+        return {"type": "words", "words": list(self.words)}
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict) or d.get("type") != "words" or not isinstance(d.get("words"), list):
+            raise ValueError("not a saved word tokenizer (expected {'type': 'words', 'words': [str, ...]})")
+        return cls(d["words"])
+
+
+def _tokenizer_from_dict(d):
+    """A saved char, BPE or word tokenizer."""
+    from .tokenizers import from_dict
+
+    if isinstance(d, dict) and d.get("type") == "words":
+        return WordTokenizer.from_dict(d)
+    return from_dict(d)
+
+
 class PairTokenizer:
     """The source and target tokenizers of a seq2seq model (one object when shared).
 
@@ -177,23 +230,30 @@ class PairTokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        from .tokenizers import from_dict
-
         if not isinstance(d, dict) or d.get("type") != "seq2seq":
             raise ValueError("not a seq2seq tokenizer (expected {'type': 'seq2seq', ...})")
-        source = from_dict(d.get("source"))
-        return cls(source, None if d.get("shared") else from_dict(d.get("target")))
+        source = _tokenizer_from_dict(d.get("source"))
+        return cls(source, None if d.get("shared") else _tokenizer_from_dict(d.get("target")))
 
 
-def build_pair_tokenizer(kind, pairs, shared=True, vocab_size=None, alphabet=None):
-    """A PairTokenizer fitted to pairs: kind "char" or "bpe" (vocab_size = merges' target size).
+def build_pair_tokenizer(kind, pairs, shared=True, vocab_size=None, alphabet=None, target_kind=None):
+    """A PairTokenizer fitted to pairs: kind "char", "bpe" (vocab_size = merges' target size) or "words"
+    (whitespace-separated tokens).
 
+    target_kind: the target side's kind when it differs from the source's
+    (e.g. char sources, word targets); the vocabularies are then separate.
     alphabet: for char tokenizers of synthetic tasks, the full character set
     (so a held-out example never meets an unknown character).
     """
     from .tokenizers.char import CharTokenizer
 
-    def fit(texts):
+    target_kind = target_kind or kind
+    if target_kind != kind and shared:
+        raise UserError(f"a {kind} source and a {target_kind} target cannot share a vocabulary (pass --separate-vocab)")
+
+    def fit(texts, kind=kind):
+        if kind == "words":
+            return WordTokenizer(sorted({w for t in texts for w in t.split()}))
         text = "\n".join(texts)
         if kind == "char":
             return CharTokenizer(sorted(set(alphabet or "") | set(text)))
@@ -203,12 +263,12 @@ def build_pair_tokenizer(kind, pairs, shared=True, vocab_size=None, alphabet=Non
             if vocab_size is None:
                 raise UserError("--tokenizer bpe needs --vocab-size N (at least 256)")
             return BPETokenizer.train(text, vocab_size, special_tokens=())
-        raise UserError(f"unknown tokenizer {kind!r} (expected 'char' or 'bpe')")
+        raise UserError(f"unknown tokenizer {kind!r} (expected 'char', 'bpe' or 'words')")
 
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     if shared:
         return PairTokenizer(fit(sources + targets))
-    return PairTokenizer(fit(sources), fit(targets))
+    return PairTokenizer(fit(sources), fit(targets, target_kind))
 
 
 # ------------------------------------------------------------------ encoding and batches

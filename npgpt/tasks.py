@@ -70,27 +70,37 @@ def lm_flops_per_batch(config, batch_size):
 
 # ------------------------------------------------------------------ fine-tuning's starting point
 # `--init-from PATH` reads a model in two places, both here: its settings (before the run's
-# settings are resolved) and its weights.  An npgpt training output directory is read through
-# npgpt/checkpoint.py (its best-validation snapshot); a Hugging Face GPT-2 folder is refused
-# until npgpt/pretrained.py lands, then wired in `_require_npgpt_checkpoint`'s place:
-# pretrained.load_for_finetuning(path, dtype, backend, block_size) -> (model, tokenizer).
-def _require_npgpt_checkpoint(path):
+# settings are resolved) and its weights.  PATH is an npgpt training output directory (its
+# best-validation snapshot) or a Hugging Face GPT-2 folder; npgpt/pretrained.py reads both.
+def _require_model_dir(path):
     if not os.path.exists(path):
         raise UserError(f"--init-from {path}: directory not found")
     if not os.path.isdir(path):
         raise UserError(f"--init-from {path}: not a directory")
-    if checkpoint.read_pointer(path) is None:
-        raise UserError(f"--init-from {path}: no npgpt checkpoint ({checkpoint.POINTER}) there; "
-                        f"Hugging Face GPT-2 folders are not supported yet")
+    from .pretrained import CONFIG, is_npgpt_checkpoint
+
+    if not is_npgpt_checkpoint(path) and not os.path.isfile(os.path.join(path, CONFIG)):
+        raise UserError(f"--init-from {path}: neither an npgpt checkpoint ({checkpoint.POINTER}) nor a Hugging Face "
+                        f"GPT-2 folder ({CONFIG} + model.safetensors) is there")
 
 
 def initial_model_settings(path):
-    """The TrainConfig fields the model at `path` fixes: n_layer, n_head, n_embd, bias, block_size
-    (its maximum context), tokenizer and vocab_size."""
-    _require_npgpt_checkpoint(path)
+    """The TrainConfig fields the model at `path` fixes: n_layer, n_head, n_embd, bias, norm, positions,
+    block_size (its maximum context), tokenizer and vocab_size; lora_rank/alpha/targets when it has adapters."""
+    _require_model_dir(path)
+    from .pretrained import CONFIG, hf_config_fields, is_npgpt_checkpoint, read_hf_config
+
+    if not is_npgpt_checkpoint(path):  # a Hugging Face folder: its config.json, GPT-2's names
+        fields = hf_config_fields(read_hf_config(path), os.path.join(path, CONFIG))
+        settings = {name: fields[name] for name in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+        return {**settings, "norm": "pre", "positions": "learned", "tokenizer": "bpe", "vocab_size": fields["vocab_size"]}
     config, tokenizer = checkpoint.load_description(path, which="best")
     settings = {name: config[name] for name in ("n_layer", "n_head", "n_embd", "block_size")}
     settings["bias"] = config.get("bias", True)
+    settings["norm"] = config.get("norm", "pre")
+    settings["positions"] = config.get("positions", "learned")
+    if config.get("lora_rank"):  # its adapters train on
+        settings.update({name: config[name] for name in ("lora_rank", "lora_alpha", "lora_targets") if name in config})
     if tokenizer.get("type") == "char":
         settings.update(tokenizer="char", vocab_size=None)
     else:
@@ -98,26 +108,19 @@ def initial_model_settings(path):
     return settings
 
 
-def load_initial_model(path, dtype, backend, block_size, dropout=0.0):
-    """(model, tokenizer) to fine-tune, from the model at `path`.
+def load_initial_model(path, dtype, backend, block_size, dropout=0.0, lora_rank=0, lora_alpha=16.0,
+                       lora_targets="c_attn,c_proj", seed=0):
+    """(model, tokenizer) to fine-tune, from the model at `path` (npgpt directory or Hugging Face folder).
 
     block_size: shorter than the model's crops its position table (the
     first block_size positions); dtype may differ from the saved one.
+    lora_rank > 0 adds fresh adapters (B = 0: step 0 is the pretrained model).
     """
-    _require_npgpt_checkpoint(path)
-    model, tokenizer, _ = checkpoint.load_model(path, backend=backend)
-    config = model.config
-    if block_size > config.block_size:
-        raise UserError(f"--block-size {block_size} is larger than the block_size {config.block_size} of the "
-                        f"model in {path}")
-    new = replace(config, block_size=block_size, dtype=dtype, backend=backend, dropout=dropout)
-    if new == config:
-        return model, tokenizer
-    tuned = GPT(new)
-    for name, p in tuned.params.items():
-        w = model.params[name]
-        p[...] = w[:block_size] if name == "wpe.weight" else w  # into the flat buffer, cast to dtype
-    return tuned, tokenizer
+    from .pretrained import load_for_finetuning
+
+    _require_model_dir(path)
+    lora = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": lora_targets} if lora_rank else {}
+    return load_for_finetuning(path, dtype, backend, block_size, seed=seed, dropout=dropout, **lora)
 
 
 # ------------------------------------------------------------------ language modelling
@@ -140,8 +143,9 @@ class LanguageModelingTask:
             self.model = checkpoint.build_model(ckpt, dropout=cfg.dropout, backend=cfg.backend)
             whose = "checkpoint's"
         elif cfg.init_from is not None:
-            self.model, self.tokenizer = load_initial_model(cfg.init_from, cfg.dtype, cfg.backend, cfg.block_size,
-                                                            cfg.dropout)
+            self.model, self.tokenizer = load_initial_model(
+                cfg.init_from, cfg.dtype, cfg.backend, cfg.block_size, cfg.dropout, cfg.lora_rank, cfg.lora_alpha,
+                cfg.lora_targets, seed=cfg.seed)
             whose = "model's"
         else:
             self.tokenizer = data.build_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
@@ -156,7 +160,8 @@ class LanguageModelingTask:
         if self.model is None:
             model_config = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size,
                                      n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=cfg.backend)
+                                     bias=cfg.bias, dropout=cfg.dropout, dtype=cfg.dtype, backend=cfg.backend,
+                                     norm=cfg.norm, positions=cfg.positions)
             self.model = GPT(model_config, seed=cfg.seed)
         self.cfg = cfg
         self.parallel = None

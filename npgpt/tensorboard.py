@@ -77,7 +77,7 @@ class TensorBoardLogger:
 
     def _header(self, record):
         rows = ["| setting | value |", "|---|---|"]
-        for section in ("config", "versions"):
+        for section in ("config", "versions", "machine"):  # the step log header's sections (npgpt/train.py)
             for key, value in (record.get(section) or {}).items():
                 rows.append(f"| {key} | {value} |")
         for key in ("cpu", "threads", "git"):

@@ -17,8 +17,13 @@ does everything else, the same way for all of them:
 - every log_interval iterations a record in OUT/steps.jsonl (loss, lr,
   gradient norm and clipping, ms per step, tokens/s, MFU), after a header
   naming the run's settings, versions, CPU and git revision;
+- every stats_interval iterations (off by default) a "stats" record in the
+  step log: per-tensor update ratios and per-layer activation statistics
+  (npgpt/observe.py), read from the step's own arrays;
 - every eval_interval iterations the task's evaluation, a line in
   OUT/metrics.jsonl, and a checkpoint when the validation loss improved;
+  with --plot the figures OUT/plots/*.png and OUT/report.html redrawn
+  (npgpt/plot.py); with --tensorboard every record also goes to TensorBoard;
   OUT/best.json names the best-validation snapshot, checkpoint.json the
   latest (npgpt/checkpoint.py);
 - at the end (or on Ctrl-C / SIGTERM) a final checkpoint; resuming it is
@@ -46,12 +51,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from . import checkpoint, safeload
+from . import checkpoint, observe, safeload
 from .errors import UserError
 from .evaluate import perplexity
 from .lock import lock_out_dir
 from .memory import keep_freed_memory
-from .model import GPTConfig, views_into
+from .model import NORMS, POSITIONS, GPTConfig, views_into
 from .optim import SCHEDULES, AdamW, kernels_for, make_schedule
 from .parallel import choose_workers
 from .resources import check_training_run
@@ -76,6 +81,8 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 128
     bias: bool = True  # biases in linear and layer-norm layers, as GPT-2
+    norm: str = "pre"  # layer norm placement: pre (GPT-2) or post (the Transformer paper); docs/model.md
+    positions: str = "learned"  # learned (GPT-2's wpe) or sinusoidal (the paper's fixed table)
     dropout: float = 0.0
     label_smoothing: float = 0.0
     lr: float = 1e-3
@@ -98,10 +105,17 @@ class TrainConfig:
     backend: str = GPTConfig().backend  # the model's default: whoever tunes the kernels decides it
     workers: int = 0  # data-parallel threads; 0: automatic (npgpt.parallel.choose_workers)
     sample_tokens: int = 500  # printed at the end; 0: none
-    init_from: str | None = None  # fine-tune this model (an npgpt output directory) instead of a new one
+    init_from: str | None = None  # fine-tune this model (an npgpt output directory or a GPT-2 folder)
+    freeze: str | None = None  # fine-tuning: which base weights train (npgpt/finetune.py); None: all, or none with LoRA
+    lora_rank: int = 0  # fine-tuning: rank of fresh LoRA adapters (0: none)
+    lora_alpha: float = 16.0  # LoRA scale alpha / rank
+    lora_targets: str = "c_attn,c_proj"  # the layers of every block that get adapters
     log_interval: int = 10  # iterations per step-log record in OUT/steps.jsonl; 0: no step log
     skip_loss_z: float = 0.0  # skip an update whose loss z-score exceeds this; 0: never
     skip_grad_z: float = 0.0  # skip an update whose gradient-norm z-score exceeds this; 0: never
+    stats_interval: int = 0  # network statistics (npgpt/observe.py) every N iterations into OUT/steps.jsonl; 0: none
+    plot: bool = False  # refresh OUT/plots/*.png and OUT/report.html after each evaluation (npgpt/plot.py)
+    tensorboard: str | None = None  # also write every record as TensorBoard events into this directory
 
 
 # Fine-tuning defaults, used with --init-from for the settings the user did not give (docs/training.md):
@@ -112,7 +126,10 @@ FINETUNE_MAX_BLOCK = 256  # default context when fine-tuning: the model's, at mo
 
 
 # Settings that define the model: a resumed run may not change them.
-MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype")
+MODEL_SETTINGS = ("tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "dtype", "norm", "positions",
+                  "lora_rank", "lora_alpha", "lora_targets")
+# Settings that define the optimizer's state: a resumed run may not change them either.
+OPTIMIZER_SETTINGS = ("freeze",)
 
 HELP = {
     "out": "output directory for checkpoints and metrics.jsonl",
@@ -126,6 +143,9 @@ HELP = {
     "n_head": "attention heads per block",
     "n_embd": "embedding width (divisible by --n-head)",
     "bias": "biases in linear and layer-norm layers (--no-bias: none, as nanoGPT's default)",
+    "norm": "layer norm before each sub-layer (pre, GPT-2) or after its residual sum (post, the Transformer "
+            "paper: needs warmup; docs/model.md)",
+    "positions": "learned position embeddings (GPT-2) or the fixed sinusoid table of the Transformer paper",
     "dropout": "dropout probability while training",
     "label_smoothing": "label smoothing of the training loss",
     "lr": "peak learning rate",
@@ -149,17 +169,29 @@ HELP = {
     "workers": "data-parallel threads, each running the whole model on a slice of the batch "
                "(0: one per core for models under 30M parameters, else 1)",
     "sample_tokens": "tokens to sample at the end (0: no sample)",
-    "init_from": "fine-tune the model in this npgpt output directory (its best snapshot): its size and "
-                 "tokenizer are kept, and unset settings take fine-tuning defaults (docs/training.md)",
+    "init_from": "fine-tune the model in this npgpt output directory (its best snapshot) or Hugging Face GPT-2 "
+                 "folder: its size and tokenizer are kept, and unset settings take fine-tuning defaults "
+                 "(docs/training.md)",
+    "freeze": "with --init-from: the base weights that train, the rest frozen: none (all train), lora (only "
+              "the adapters), all-but-last:N, all-but-head-and-ln, all-but-ln; unset: none, or lora with --lora-rank",
+    "lora_rank": "with --init-from: add LoRA adapters of this rank and train them alone (0: no adapters)",
+    "lora_alpha": "LoRA scale: the adapters' product is multiplied by alpha / rank",
+    "lora_targets": "comma-separated layers of every block that get adapters: c_attn, c_proj (attention's "
+                    "output), c_fc, mlp.c_proj",
     "log_interval": "write a step-log record (loss, lr, gradient norm, clipping, ms/step, tokens/s, MFU) "
                     "to OUT/steps.jsonl every N iterations (0: none)",
     "skip_loss_z": "skip the update of a step whose loss is more than this many standard deviations above "
                    "the last 128 steps' (0: never)",
     "skip_grad_z": "skip the update of a step whose gradient norm is more than this many standard deviations "
                    "above the last 128 steps' (0: never)",
+    "stats_interval": "write network statistics (per-tensor weight/gradient RMS and update:data ratio, per-layer "
+                      "activations) to OUT/steps.jsonl every N iterations (0: none; docs/observability.md)",
+    "plot": "refresh the figures OUT/plots/*.png and OUT/report.html after each evaluation (needs matplotlib)",
+    "tensorboard": "also write the run's records as TensorBoard event files into DIR (needs tensorboardX)",
 }
+METAVARS = {"tensorboard": "DIR"}
 CHOICES = {"tokenizer": ("char", "bpe"), "lr_schedule": SCHEDULES, "dtype": ("float32", "float64"),
-           "backend": ("numpy", "numba")}
+           "backend": ("numpy", "numba"), "norm": NORMS, "positions": POSITIONS}
 
 
 def _field_kind(f):
@@ -188,6 +220,8 @@ def add_arguments(parser):
             del kwargs["type"]
         if name in CHOICES:
             kwargs["choices"] = CHOICES[name]
+        if name in METAVARS:
+            kwargs["metavar"] = METAVARS[name]
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
@@ -233,7 +267,8 @@ def validate(cfg):
                  "eval_interval", "eval_iters", "lr_step_every"):
         if getattr(cfg, name) < 1:
             bad(name, "a positive integer", getattr(cfg, name))
-    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers", "log_interval"):
+    for name in ("warmup_iters", "lr_patience", "sample_tokens", "seed", "workers", "log_interval",
+                 "stats_interval"):
         if getattr(cfg, name) < 0:
             bad(name, ">= 0", getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -250,12 +285,43 @@ def validate(cfg):
         bad("lr_gamma", "in (0, 1]", cfg.lr_gamma)
     if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
         bad("lr_decay_iters", "a positive integer", cfg.lr_decay_iters)
+    if cfg.stats_interval and cfg.norm != "pre":  # npgpt.observe reads the pre-LN block's forward cache
+        raise UserError(f"--stats-interval needs --norm pre (the statistics of a --norm {cfg.norm} model are not "
+                        f"implemented)")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     if cfg.tokenizer == "char" and cfg.vocab_size is not None:
         raise UserError("--vocab-size applies to --tokenizer bpe only (a char vocabulary is the corpus's characters)")
     if cfg.tokenizer == "bpe" and (cfg.vocab_size is None or cfg.vocab_size < 257):
         bad("vocab_size", "at least 257 with --tokenizer bpe (256 bytes + merges)", cfg.vocab_size)
+    validate_finetuning(cfg, bad)
+
+
+def validate_finetuning(cfg, bad):
+    """--freeze and --lora-*: well-formed, and only when fine-tuning (freezing random weights teaches nothing)."""
+    from .finetune import FREEZE_SPECS
+    from .model import lora_target_names
+
+    if cfg.lora_rank < 0:
+        bad("lora_rank", ">= 0", cfg.lora_rank)
+    if not (cfg.lora_alpha > 0 and math.isfinite(cfg.lora_alpha)):
+        bad("lora_alpha", "> 0", cfg.lora_alpha)
+    try:
+        if not lora_target_names(cfg.lora_targets):
+            bad("lora_targets", "at least one of c_attn, c_proj, c_fc, mlp.c_proj", cfg.lora_targets)
+    except ValueError as e:
+        raise UserError(f"--lora-targets: {e}") from None
+    spec = cfg.freeze
+    if spec is not None:
+        count = spec.removeprefix("all-but-last:")
+        if spec not in FREEZE_SPECS[:2] + FREEZE_SPECS[3:] and not (spec.startswith("all-but-last:") and count.isdigit()):
+            bad("freeze", "one of " + ", ".join(FREEZE_SPECS), spec)
+        if spec == "lora" and not cfg.lora_rank:
+            raise UserError("--freeze lora needs LoRA adapters (--lora-rank > 0); without them nothing would train")
+    if cfg.init_from is None and (cfg.lora_rank or spec not in (None, "none")):
+        flag = "--lora-rank" if cfg.lora_rank else "--freeze"
+        raise UserError(f"{flag} applies to fine-tuning: pass --init-from MODEL (a pretrained npgpt output "
+                        "directory or Hugging Face GPT-2 folder)")
 
 
 def resolve_settings(args):
@@ -267,7 +333,7 @@ def resolve_settings(args):
     given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     from_file = read_toml(args.config) if args.config else {}
     requested = {**from_file, **given}
-    for name in ("data", "init_from"):
+    for name in ("data", "init_from", "tensorboard"):
         if requested.get(name) is not None:
             requested[name] = os.path.abspath(requested[name])  # a checkpoint must find it from anywhere
     ckpt = None
@@ -277,9 +343,10 @@ def resolve_settings(args):
         if not isinstance(saved, dict):
             raise UserError(f"corrupt checkpoint: {ckpt.path} has no valid training settings")
         base = TrainConfig(**typed_settings(saved, f"corrupt checkpoint: {ckpt.path} state.json train_config"))
-        for name in MODEL_SETTINGS:
+        for name in MODEL_SETTINGS + OPTIMIZER_SETTINGS:
             if name in requested and requested[name] != getattr(base, name):
-                raise UserError(f"cannot resume {args.resume} with a different model: it has "
+                what = "model" if name in MODEL_SETTINGS else "set of trainable parameters"
+                raise UserError(f"cannot resume {args.resume} with a different {what}: it has "
                                 f"{name.replace('_', '-')}={getattr(base, name)}, you asked for {requested[name]}")
         if requested.get("init_from", base.init_from) != base.init_from:
             raise UserError(f"--init-from starts a new run; --resume {args.resume} continues the one there")
@@ -473,10 +540,13 @@ class Trainer:
     cfg: the run's settings (a TrainConfig, or anything with its loop fields).
     task: see npgpt/tasks.py; it owns the model, the data and the metrics.
     ckpt: a checkpoint being resumed (the task has already read its model from it).
+    plotter: an npgpt.plot.Refresher asked to redraw after each evaluation (--plot), or None.
+    tensorboard: an npgpt.tensorboard.TensorBoardLogger given every record written (--tensorboard), or None.
     """
 
-    def __init__(self, cfg, task, ckpt=None, progress=True, out=None):
+    def __init__(self, cfg, task, ckpt=None, progress=True, out=None, plotter=None, tensorboard=None):
         self.task, self.progress, self.out = task, progress, out or sys.stdout
+        self.plotter, self.tensorboard = plotter, tensorboard
         self.model = model = task.model
         if cfg.workers == 0:
             # Fixed at the start and saved, like lr_decay_iters: the number of shards
@@ -498,6 +568,9 @@ class Trainer:
         flops = getattr(task, "flops_per_batch", None)
         self.flops_per_iter = None if flops is None else flops * cfg.grad_accum
         self._global_norm = kernels_for(model.config.backend)[1]
+        # --stats-interval: None when off, so that an ordinary step does not even test for it
+        self.stats_interval = getattr(cfg, "stats_interval", 0)
+        self.stats_recorder = observe.StatsRecorder(model) if self.stats_interval else None
 
         if ckpt is None:
             self.iter, self.best_val, self.tokens = 0, math.inf, 0
@@ -517,10 +590,25 @@ class Trainer:
         self.step_skipped = False
 
     def make_optimizer(self, model):
-        """AdamW over the model's flat parameters.  Training a subset (frozen layers, LoRA adapters)
-        is this one call given the trainable parameters instead of the whole model."""
+        """AdamW over the model's flat parameters, or over its trainable ones alone.
+
+        With --freeze or LoRA adapters (fine-tuning), finetune.freeze marks the
+        other parameters frozen on the model (its backward then skips their
+        weight gradients) and TrainableAdamW keeps moments for the trainable
+        ones only.  The choice depends only on settings saved in the checkpoint
+        (freeze, the model's lora_rank), so a resumed run rebuilds the same
+        optimizer, with moments of the same size.
+        """
+        from .finetune import TrainableAdamW, freeze
+
         cfg = self.cfg
-        return AdamW(model, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        spec = getattr(cfg, "freeze", None)
+        adapters = bool(getattr(model.config, "lora_rank", 0))
+        kw = dict(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        if spec in (None, "none") and not adapters:
+            return AdamW(model, **kw)
+        mask = freeze(model, spec)  # data-parallel workers share this model object, so they see it too
+        return TrainableAdamW(model, mask, **kw)
 
     def _restore(self, ckpt):
         state = ckpt.state
@@ -627,7 +715,34 @@ class Trainer:
         A non-finite loss or gradient stops the run (naming the first bad tensor).  An outlier
         (--skip-loss-z, --skip-grad-z) is not applied: the iteration still counts, its batches
         are consumed and the schedule moves on, so skipping never changes which data comes next.
+        The step that reaches a multiple of --stats-interval also writes a "stats" record.
         """
+        recorder = self.stats_recorder
+        if recorder is None or (self.iter + 1) % self.stats_interval:
+            return self._step()
+        return self._step_with_stats(recorder)
+
+    def _step_with_stats(self, recorder):
+        """self._step() observed by npgpt.observe.StatsRecorder, and its "stats" record logged.
+
+        The recorder only reads: it copies the weights before the step and reads each forward's
+        cache before its backward, so the step's arithmetic and random draws are those of an
+        ordinary step (a run with statistics has the same weights as one without).
+        """
+        recorder.begin()
+        try:
+            loss, norm, lr = self._step()
+        except BaseException:
+            recorder.cancel()
+            raise
+        # A skipped update left the gradient unclipped and the weights unchanged: no clip factor to undo.
+        record = recorder.end(self.iter, self.grad, norm, 0.0 if self.step_skipped else self.cfg.grad_clip)
+        if self.step_skipped:
+            record["skipped"] = True
+        self.append_step_log(record)
+        return loss, norm, lr
+
+    def _step(self):
         lr = self.schedule.lr(self.iter)
         loss = self._accumulate()
         if not math.isfinite(loss):
@@ -649,9 +764,8 @@ class Trainer:
     def update(self, lr):
         """Clip self.grad in place and apply one AdamW step at lr -> the gradient norm before clipping.
 
-        The place for per-tensor statistics of the update (issue 15 part 2): copy
-        model.flat_params before this call; after it, self.grad is the clipped gradient
-        and the difference of the parameters is the update actually applied.
+        After it, self.grad is the clipped gradient and the change of model.flat_params is
+        the update actually applied, which is what a stats step records (_step_with_stats).
         """
         try:
             return self.optimizer.step(self.grad, lr)
@@ -673,6 +787,8 @@ class Trainer:
     def _append(self, name, record):
         with open(os.path.join(self.cfg.out, name), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
 
     def append_metrics(self, record):
         self._append(METRICS, record)
@@ -793,6 +909,8 @@ class Trainer:
         self.append_metrics({"iter": self.iter, "train_loss": train_loss, "val_loss": val,
                              "val_perplexity": ppl if math.isfinite(ppl) else None, **extra, "lr": lr,
                              "grad_norm": norm, "tokens_per_sec": tokens_per_sec, "elapsed": round(elapsed, 3)})
+        if self.plotter is not None:
+            self.plotter.request()  # in the background, at most every 30 s (npgpt/plot.py)
 
 
 # ------------------------------------------------------------------ the command
@@ -808,8 +926,53 @@ def run(args):
 def _run_locked(args, cfg, ckpt, started):
     prepare_out_dir(cfg.out, resume=ckpt is not None, overwrite=args.overwrite)
     progress = not args.no_progress
+    plotter, tensorboard = open_observers(cfg)  # before any real work: a missing extra is one line now
+    try:
+        finished, trainer, task = _train(args, cfg, ckpt, progress, plotter, tensorboard)
+    except BaseException:
+        close_observers(plotter, tensorboard, failed=True)
+        raise
+    close_observers(plotter, tensorboard, failed=False)
+    if plotter is not None:
+        print(f"figures: {os.path.join(cfg.out, 'plots')}, {os.path.join(cfg.out, 'report.html')}", flush=True)
+    return _report(finished, trainer, task, started)
+
+
+def open_observers(cfg):
+    """(plot.Refresher or None, TensorBoardLogger or None) for --plot and --tensorboard."""
+    plotter = tensorboard = None
+    if cfg.plot:
+        from .plot import Refresher
+
+        plotter = Refresher(cfg.out)  # raises the install hint if matplotlib is missing
+    if cfg.tensorboard is not None:
+        from .tensorboard import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(cfg.tensorboard)  # likewise for tensorboardX
+    return plotter, tensorboard
+
+
+def close_observers(plotter, tensorboard, failed):
+    """Flush the event file and draw the last figures; after a failed run, never hide its error."""
+    if tensorboard is not None:
+        tensorboard.close()
+    if plotter is None:
+        return
+    if failed:
+        try:
+            plotter.close()
+        except Exception:
+            pass
+        return
+    plotter.request()  # the figures end with the last step, also after Ctrl-C
+    plotter.close()
+    if plotter.error:
+        print(f"warning: {plotter.error}", file=sys.stderr)
+
+
+def _train(args, cfg, ckpt, progress, plotter, tensorboard):
     task = LanguageModelingTask(cfg, ckpt)
-    trainer = Trainer(task.cfg, task, ckpt, progress=progress)
+    trainer = Trainer(task.cfg, task, ckpt, progress=progress, plotter=plotter, tensorboard=tensorboard)
     cfg = trainer.cfg
     if ckpt is None:  # a fresh run owns its metrics files and forgets a previous run's best snapshot
         for name in (METRICS, STEP_LOG):
@@ -819,7 +982,11 @@ def _run_locked(args, cfg, ckpt, started):
           + (f"resuming at iteration {trainer.iter}" if ckpt else
              f"fine-tuning {cfg.init_from}, {cfg.max_iters} iterations" if cfg.init_from else
              f"{cfg.max_iters} iterations"), flush=True)
-    finished = trainer.train()
+    return trainer.train(), trainer, task
+
+
+def _report(finished, trainer, task, started):
+    cfg = trainer.cfg
     wall = time.perf_counter() - started
     if not finished:
         print(f"interrupted at iteration {trainer.iter}; checkpoint saved in {cfg.out}. "

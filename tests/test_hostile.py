@@ -474,9 +474,9 @@ def test_a_second_run_on_the_same_out_is_refused(trained, tmp_path, capsys):
     before = {p: (out / p).read_bytes() for p in files_in(out) if (out / p).is_file()}
     with lock_out_dir(str(out)):  # another run holds it
         status, err = run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "4")
-        assert_one_line(status, err, "is in use by another npgpt train (process")
+        assert_one_line(status, err, "is in use by another npgpt training run (process")
         status, err = run(capsys, "train", *TINY, "--data", data, "--out", out, "--overwrite", "--max-iters", "4")
-        assert_one_line(status, err, "is in use by another npgpt train")
+        assert_one_line(status, err, "is in use by another npgpt training run")
     after = {p: (out / p).read_bytes() for p in files_in(out) if (out / p).is_file() and p != ".npgpt.lock"}
     assert after == {p: b for p, b in before.items() if p != ".npgpt.lock"}  # metrics.jsonl untouched
     assert run(capsys, "train", *TINY, "--data", data, "--resume", out, "--max-iters", "4")[0] == 0  # released

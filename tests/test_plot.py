@@ -169,6 +169,7 @@ def test_without_matplotlib_one_line_says_how_to_install(tmp_path, capsys, monke
 def test_a_real_tiny_run_with_statistics(tmp_path):
     """A few real steps of the Trainer, with a StatsRecorder every 3rd: the figures of all five kinds."""
     from npgpt import observe
+    from npgpt.tasks import LanguageModelingTask
     from npgpt.train import TrainConfig, Trainer
 
     out = tmp_path / "run"
@@ -176,7 +177,8 @@ def test_a_real_tiny_run_with_statistics(tmp_path):
     cfg = TrainConfig(out=str(out), max_iters=6, n_layer=2, n_head=2, n_embd=16, block_size=16, batch_size=4,
                       eval_iters=1, backend="numpy", sample_tokens=0, warmup_iters=2,
                       lr_decay_iters=6)
-    trainer = Trainer(cfg, progress=False)
+    task = LanguageModelingTask(cfg)
+    trainer = Trainer(task.cfg, task, progress=False)
     recorder = observe.StatsRecorder(trainer.model)
     for _ in range(cfg.max_iters):
         stats_step = (trainer.iter + 1) % 3 == 0

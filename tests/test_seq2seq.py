@@ -212,7 +212,8 @@ def test_optimizer_clipping_and_checkpoint_work_unchanged(tmp_path):
     norm = opt.step(grad, 1e-3)
     assert norm > 0 and not np.array_equal(before, model.flat_params)
     tok = PairTokenizer(CharTokenizer("abcde"))
-    snapshot = checkpoint.save(str(tmp_path), model, tok, {"iter": 1}, opt.state_dict()[0])
+    state = opt.state_dict()
+    snapshot = checkpoint.save(str(tmp_path), model, tok, {"iter": 1}, {"m": state["m"], "v": state["v"]})
     from npgpt.seq2seq_cli import load_seq2seq
 
     loaded, loaded_tok, _ = load_seq2seq(str(tmp_path))

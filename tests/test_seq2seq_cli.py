@@ -1,12 +1,17 @@
 """Seq2seq in use: a tiny model trained on copy (the leaky-mask test, decoding), pairs files,
 BLEU, and `npgpt seq2seq translate|eval` on a saved checkpoint."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 from npgpt import seq2seq_data as data
 from npgpt.cli import main
+from npgpt.errors import UserError
 from npgpt.optim import AdamW
 from npgpt.seq2seq import Seq2Seq, TransformerConfig, beam_search, greedy_decode
+from npgpt.safeload import Obj
 from npgpt.seq2seq_cli import corpus_bleu, teacher_forced
 from npgpt.tokenizers.char import CharTokenizer
 
@@ -184,3 +189,160 @@ def test_translate_and_eval_commands(tmp_path, capsys, copy_model):
     assert "not in the model's" in capsys.readouterr().err
     assert main(["seq2seq", "eval", "--ckpt", str(tmp_path / "nowhere"), "--task", "copy"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_word_targets_for_phonemes(tmp_path):
+    """Char sources, one target token per space-separated phoneme (--target-tokenizer words)."""
+    pairs = [("cat", "K AE1 T"), ("act", "AE1 K T"), ("tack", "T AE1 K")]
+    tok = data.build_pair_tokenizer("char", pairs, shared=False, target_kind="words")
+    assert tok.target.vocab_size == 3 + 3  # AE1 K T
+    assert tok.source.decode(tok.source.encode("tack")) == "tack" and len(tok.source.encode("tack")) == 4
+    ids = tok.target.encode("T AE1 K")
+    assert len(ids) == 3 and tok.target.decode(ids) == "T AE1 K"
+    restored = data.PairTokenizer.from_dict(tok.to_dict())
+    assert restored.target.decode(restored.target.encode("K  AE1 T ")) == "K AE1 T"
+    with pytest.raises(ValueError, match="'AA1'"):
+        tok.target.encode("K AA1 T")
+    with pytest.raises(UserError, match="cannot share"):
+        data.build_pair_tokenizer("char", pairs, shared=True, target_kind="words")
+
+
+# ------------------------------------------------------------------ npgpt seq2seq train: resume, lock, settings
+TINY = ["--n-embd", "16", "--n-head", "2", "--n-encoder-layer", "1", "--n-decoder-layer", "1", "--block-size", "8",
+        "--batch-size", "4", "--backend", "numpy", "--no-progress", "--val-size", "8", "--lr-decay-iters", "8"]
+
+
+def weights(out):
+    from npgpt import checkpoint
+
+    ckpt = checkpoint.load(out, kind="seq2seq", config_schema=Obj({}))
+    return ckpt.iteration, ckpt.params, ckpt.optimizer
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["".join(rng.choice(list("abcde"), size=rng.integers(1, 5))) for _ in range(40)]
+    return write(tmp_path, "".join(f"{s}\t{s[::-1]}\n" for s in lines))
+
+
+@pytest.mark.parametrize("source", ["task", "pairs"])
+def test_resume_is_exact(tmp_path, capsys, monkeypatch, source, pairs_file):
+    """8 iterations in one run == 4, then --resume to 8: the same weights and AdamW moments, bit for bit
+    (with dropout on, so the dropout RNG's state must come back too)."""
+    from npgpt import train
+
+    data_args = (["--task", "reverse", "--max-len", "4", "--n-symbols", "5"] if source == "task"
+                 else ["--data", pairs_file])
+    common = [*data_args, *TINY, "--dropout", "0.1", "--eval-interval", "4"]
+    whole, half = str(tmp_path / "whole"), str(tmp_path / "half")
+    assert main(["seq2seq", "train", *common, "--max-iters", "8", "--out", whole]) == 0
+    assert main(["seq2seq", "train", *common, "--max-iters", "4", "--out", half]) == 0
+    assert weights(half)[0] == 4
+    forgetful = str(tmp_path / "forgetful")
+    shutil.copytree(half, forgetful)
+    assert main(["seq2seq", "train", "--resume", half, "--max-iters", "8", "--no-progress"]) == 0
+    assert "resuming at iteration 4" in capsys.readouterr().out
+    (it_a, params_a, opt_a), (it_b, params_b, opt_b) = weights(whole), weights(half)
+    assert it_a == it_b == 8
+    for name in params_a:
+        assert np.array_equal(params_a[name], params_b[name]), name
+    assert all(np.array_equal(opt_a[k], opt_b[k]) for k in ("m", "v"))
+    # the check can fail: a resume that forgets the RNG states (fresh streams) ends elsewhere
+    monkeypatch.setattr(train, "rng_from_state", lambda state: np.random.default_rng(0))
+    assert main(["seq2seq", "train", "--resume", forgetful, "--max-iters", "8", "--no-progress"]) == 0
+    params_c = weights(forgetful)[1]
+    assert not all(np.array_equal(params_a[name], params_c[name]) for name in params_a)
+
+
+def test_resume_keeps_the_model_and_data(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--max-iters", "2",
+                 "--eval-interval", "2", "--out", out]) == 0
+    capsys.readouterr()
+    for flags, message in ((["--n-embd", "32"], "another --n-embd: it has 16"),
+                           (["--task", "sort"], "another --task: it has 'copy'"),
+                           (["--max-iters", "2"], "already at iteration 2")):
+        assert main(["seq2seq", "train", "--resume", out, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    # a fresh run into the same --out is refused unless --overwrite
+    assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--max-iters", "2", "--out", out]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_bad_resume_directories_get_one_line(tmp_path, capsys, copy_model):
+    from npgpt import checkpoint
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.tokenizers.char import CharTokenizer as Char
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    gpt = str(tmp_path / "gpt")
+    checkpoint.save(gpt, GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)),
+                    Char("abcde"), {"iter": 1})
+    no_settings = str(tmp_path / "no-settings")
+    checkpoint.save(no_settings, copy_model[0], copy_model[1], {"iter": 1})
+    corrupt = str(tmp_path / "corrupt")
+    snapshot = checkpoint.save(corrupt, copy_model[0], copy_model[1], {"iter": 1})
+    with open(os.path.join(snapshot, "model.safetensors"), "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\0\0\0\0")
+    cases = [(str(tmp_path / "nowhere"), "no checkpoint at"), (str(empty), "checkpoint.json is missing"),
+             (gpt, "holds a gpt model, not a seq2seq model"), (no_settings, "holds no npgpt seq2seq train settings"),
+             (corrupt, "does not match its recorded sha256")]
+    for path, message in cases:
+        assert main(["seq2seq", "train", "--resume", path]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("npgpt: error: ") and message in err, err
+    # and GPT's loaders refuse a seq2seq checkpoint in one line too
+    with pytest.raises(UserError, match="holds a seq2seq model, not a gpt model"):
+        checkpoint.load(no_settings)
+
+
+def test_a_second_run_on_the_same_out_is_refused(tmp_path, capsys):
+    from npgpt.lock import lock_out_dir
+
+    out = str(tmp_path / "run")
+    with lock_out_dir(out):  # a run in progress
+        assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--max-iters", "2",
+                     "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use by another" in err, err
+    assert not os.path.exists(os.path.join(out, "checkpoint.json"))
+
+
+def test_settings_from_a_toml_file_and_flags(tmp_path, capsys):
+    toml = write(tmp_path, 'task = "sort"\nmax-len = 3\nn_embd = 16\nn-head = 2\nmax_iters = 2\n', "run.toml")
+    out = str(tmp_path / "run")
+    assert main(["seq2seq", "train", "--config", toml, *TINY, "--max-iters", "3", "--eval-interval", "3",
+                 "--out", out]) == 0
+    from npgpt import checkpoint
+
+    saved = checkpoint.load(out, kind="seq2seq", config_schema=Obj({})).state["task"]["settings"]
+    assert (saved["task"], saved["max_len"], saved["n_embd"], saved["max_iters"]) == ("sort", 3, 16, 3)  # flag wins
+    bad = write(tmp_path, 'n_embd = "big"\n', "bad.toml")
+    assert main(["seq2seq", "train", "--config", bad]) == 2
+    assert "setting 'n_embd' must be int" in capsys.readouterr().err
+    unknown = write(tmp_path, 'n_layer = 2\n', "unknown.toml")
+    assert main(["seq2seq", "train", "--config", unknown]) == 2
+    assert "unknown setting 'n_layer'" in capsys.readouterr().err
+
+
+def test_memory_precheck_refuses_a_run_that_cannot_fit(tmp_path, capsys, monkeypatch):
+    from npgpt import resources
+
+    monkeypatch.delenv("NPGPT_SKIP_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(resources, "available_memory", lambda: 200 * 2**20)
+    out = str(tmp_path / "run")
+    assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--n-embd", "1024", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than the 200.0 MB available" in err, err
+    assert not os.path.exists(out)  # refused before anything was written
+    # a resumed run is checked too, before its model is allocated
+    monkeypatch.setattr(resources, "available_memory", lambda: None)  # unknown: no check
+    assert main(["seq2seq", "train", "--task", "copy", "--max-len", "4", *TINY, "--max-iters", "2", "--out", out]) == 0
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
+    capsys.readouterr()
+    assert main(["seq2seq", "train", "--resume", out, "--max-iters", "4"]) == 2
+    assert "more than the 1.0 MB available" in capsys.readouterr().err

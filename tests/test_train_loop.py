@@ -12,7 +12,7 @@ from npgpt import train as train_module
 from npgpt.cli import main
 from npgpt.errors import UserError
 from npgpt.train import Trainer, TrainConfig
-from training_helpers import TINY, final_params, train, write_corpus
+from training_helpers import TINY, assert_identical, final_params, train, write_corpus
 
 
 # ------------------------------------------------------------------ a toy task: linear regression
@@ -367,7 +367,7 @@ def test_init_from_refuses_a_different_model_and_a_longer_context(tmp_path, caps
         assert phrase in err and len(err.strip().splitlines()) == 1, err
     capsys.readouterr()
     assert main(["train", "--data", data, "--out", str(tmp_path / "t"), "--init-from", str(tmp_path)]) == 2
-    assert "no npgpt checkpoint" in capsys.readouterr().err
+    assert "neither an npgpt checkpoint" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "base"), "--init-from", str(tmp_path / "base")]) == 2
     assert "--init-from starts a new run" in capsys.readouterr().err
 
@@ -380,3 +380,51 @@ def test_initial_model_is_the_saved_one_cropped_and_cast(tmp_path):
     assert model.config.block_size == 8 and model.dtype == np.float64
     np.testing.assert_array_equal(model.params["wpe.weight"], saved["wpe.weight"][:8])
     np.testing.assert_array_equal(model.params["h.0.mlp.c_fc.weight"], saved["h.0.mlp.c_fc.weight"])
+
+
+# ------------------------------------------------------------------ freezing and LoRA
+@pytest.mark.parametrize("flags", [["--lora-rank", "4", "--lora-targets", "c_attn,c_proj,c_fc"],
+                                   ["--freeze", "all-but-head-and-ln"]], ids=["lora", "frozen"])
+def test_a_partial_fine_tune_trains_only_its_subset_and_resumes_bit_exactly(tmp_path, flags):
+    data = write_corpus(tmp_path)
+    assert train("--data", data, "--out", tmp_path / "base", "--max-iters", 3) == 0
+    base = final_params(tmp_path / "base")
+    common = ["--data", data, "--init-from", tmp_path / "base", "--dropout", "0.1", "--lr", "1e-2", "--lr-decay-iters", "8", *flags]
+    assert train(*common, "--out", tmp_path / "straight", "--max-iters", 8) == 0
+    assert train(*common, "--out", tmp_path / "split", "--max-iters", 4) == 0
+    assert train("--resume", tmp_path / "split", "--max-iters", 8) == 0
+    straight = final_params(tmp_path / "straight")
+    assert_identical(straight, final_params(tmp_path / "split"))
+    ckpt = checkpoint.load(str(tmp_path / "straight"))
+    moved = {n for n in base if not np.array_equal(straight[n], base[n])}
+    if "--lora-rank" in flags:
+        assert not moved  # every base weight frozen, bit for bit
+        assert ckpt.config["lora_rank"] == 4 and "h.0.mlp.c_fc.lora_b" in straight
+        assert np.any(straight["h.0.attn.c_attn.lora_b"] != 0)  # the adapters trained
+        trainable = sum(v.size for n, v in straight.items() if ".lora_" in n)
+    else:
+        assert moved == {"wte.weight", "h.0.ln_1.weight", "h.0.ln_1.bias", "h.0.ln_2.weight", "h.0.ln_2.bias",
+                         "ln_f.weight", "ln_f.bias"}
+        trainable = sum(base[n].size for n in moved)
+    assert ckpt.optimizer["m"].shape == ckpt.optimizer["v"].shape == (trainable,)  # moments for those alone
+
+
+def test_freeze_and_lora_flags_are_checked_in_one_line(tmp_path, capsys):
+    data = write_corpus(tmp_path)
+    assert train("--data", data, "--out", tmp_path / "base", "--max-iters", 2) == 0
+    init = ["--init-from", tmp_path / "base"]
+    for flags, phrase in [(["--lora-rank", "4"], "--lora-rank applies to fine-tuning"),
+                          (["--freeze", "all-but-ln"], "--freeze applies to fine-tuning"),
+                          ([*init, "--freeze", "most"], "--freeze must be one of"),
+                          ([*init, "--freeze", "lora"], "needs LoRA adapters"),
+                          ([*init, "--freeze", "all-but-last:5"], "N must be an integer in 0..1"),
+                          ([*init, "--lora-rank", "2", "--lora-targets", "wte"], "unknown LoRA target 'wte'"),
+                          ([*init, "--lora-rank", "2", "--lora-alpha", "0"], "--lora-alpha must be > 0")]:
+        capsys.readouterr()
+        assert train("--data", data, "--out", tmp_path / "t", "--overwrite", *flags) == 2, flags
+        err = capsys.readouterr().err
+        assert phrase in err and len(err.strip().splitlines()) == 1, err
+    assert train("--data", data, "--out", tmp_path / "lora", *init, "--lora-rank", "2", "--max-iters", 2) == 0
+    capsys.readouterr()
+    assert train("--resume", tmp_path / "lora", "--max-iters", 3, "--freeze", "none") == 2
+    assert "different set of trainable parameters" in capsys.readouterr().err

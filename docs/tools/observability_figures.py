@@ -25,6 +25,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, ROOT)
 
 from npgpt import observe, plot  # noqa: E402
+from npgpt.tasks import LanguageModelingTask  # noqa: E402
 from npgpt.train import TrainConfig, Trainer  # noqa: E402
 
 FIGURES = os.path.join(ROOT, "docs", "figures", "observability")
@@ -33,7 +34,8 @@ FIGURES = os.path.join(ROOT, "docs", "figures", "observability")
 def train_and_record(out, lr, steps, stats_interval, eval_interval, seed):
     cfg = TrainConfig(out=out, max_iters=steps, lr=lr, min_lr=lr / 10, warmup_iters=steps // 20,
                       lr_decay_iters=steps, eval_iters=10, seed=seed, sample_tokens=0)
-    trainer = Trainer(cfg, progress=False)
+    task = LanguageModelingTask(cfg)
+    trainer = Trainer(task.cfg, task, progress=False)
     recorder = observe.StatsRecorder(trainer.model)
     trainer.append_metrics({"kind": "header", "config": asdict(trainer.cfg),
                             "cpu": platform.processor() or platform.machine()})

@@ -15,6 +15,15 @@ The ```python block nearest above the marker is run (in a fresh namespace,
 float64 NumPy, the repository's own npgpt) and the fenced block after the
 marker is replaced with what it printed.
 
+The pages are rendered in a child process with a fixed environment
+(RENDER_ENV), never in the caller's: what a page shows must not depend on
+which npgpt the caller imported first (an installed one, another
+checkout's), on what earlier code in the process loaded or changed, or on
+the machine's core count.  One thread everywhere fixes the order of every
+floating-point sum (BLAS and Numba split a reduction into one partial sum
+per thread), so a rounding-level figure such as a 3e-11 gradcheck error is
+the same on every run and every machine with the same libraries.
+
     python docs/tools/regenerate_outputs.py           # rewrite the pages
     python docs/tools/regenerate_outputs.py --check   # exit 1 if a page is stale
 
@@ -22,14 +31,18 @@ tests/test_docs.py runs the --check path.
 """
 import contextlib
 import io
+import json
+import os
 import pathlib
 import re
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Pages with marked outputs.
-PAGES = ["docs/layers/attention.md", "docs/gradcheck.md", "docs/exercises.md", "docs/layers/lora.md",
-         "docs/pretrained.md"]
+PAGES = ["docs/layers/linear.md", "docs/layers/layernorm.md", "docs/layers/gelu.md", "docs/layers/attention.md",
+         "docs/layers/cross_entropy.md", "docs/layers/embedding.md", "docs/layers/dropout.md", "docs/layers/lora.md",
+         "docs/gradcheck.md", "docs/exercises.md", "docs/pretrained.md"]
 
 MARKER = re.compile(r"<!-- output: ([\w-]+) -->\n```\n(.*?)```\n", re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```\n", re.S)
@@ -60,22 +73,57 @@ def render(text, page="page"):
     return "".join(pieces)
 
 
+# The child's environment: this checkout's npgpt first, one thread for BLAS,
+# OpenMP and Numba, a fixed hash seed.
+RENDER_ENV = {
+    "PYTHONHASHSEED": "0",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+def rendered_pages(pages=PAGES):
+    """-> {page: regenerated text} for every page that exists (paths relative to the repository or
+    absolute), rendered in a child process."""
+    env = dict(os.environ, **RENDER_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    child = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--render-in-this-process", *pages],
+                           cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8")
+    if child.returncode != 0:
+        raise RuntimeError(f"rendering the pages failed:\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout)
+
+
+def render_here(pages=PAGES):
+    """The child's side: render the pages in this process -> {page: text}."""
+    sys.path.insert(0, str(ROOT))
+    import npgpt
+
+    where = pathlib.Path(npgpt.__file__).resolve().parent
+    if where != ROOT / "npgpt":  # a page must show this checkout's code
+        raise RuntimeError(f"imported npgpt from {where}, not from {ROOT / 'npgpt'}")
+    return {page: render((ROOT / page).read_text(encoding="utf-8"), page) for page in pages
+            if (ROOT / page).exists()}
+
+
 def stale_pages():
     """-> [(page, committed text, regenerated text)] for every page whose outputs changed."""
-    sys.path.insert(0, str(ROOT))
     stale = []
-    for page in PAGES:
-        path = ROOT / page
-        if not path.exists():
-            continue
-        text = path.read_text(encoding="utf-8")
-        new = render(text, page)
+    for page, new in rendered_pages().items():
+        text = (ROOT / page).read_text(encoding="utf-8")
         if new != text:
             stale.append((page, text, new))
     return stale
 
 
 def main(argv):
+    if "--render-in-this-process" in argv:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
+            pages = render_here([a for a in argv if not a.startswith("--")] or PAGES)
+        print(json.dumps(pages))
+        return 0
     check = "--check" in argv
     stale = stale_pages()
     for page, _, new in stale:

@@ -26,6 +26,7 @@ from .. import safeload
 from ..errors import UserError
 from .bpe import BPETokenizer
 from .char import TOKENIZER_FILE, CharTokenizer
+from . import hf  # noqa: E402 (after bpe and char, which it uses)
 
 __all__ = ["BPETokenizer", "CharTokenizer", "from_dict", "load_tokenizer"]
 
@@ -48,15 +49,23 @@ def load_tokenizer(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         inside = os.path.join(path, TOKENIZER_FILE)
-        if os.path.isfile(inside):
+        if os.path.isfile(inside) and _is_npgpt_tokenizer_file(inside):
             return load_tokenizer(inside)
-        for encoder, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
-            if os.path.isfile(os.path.join(path, encoder)) and os.path.isfile(os.path.join(path, merges)):
-                return BPETokenizer.from_gpt2_files(os.path.join(path, encoder), os.path.join(path, merges))
-        raise UserError(f"{path} holds no tokenizer.json, encoder.json + vocab.bpe or vocab.json + merges.txt")
+        if os.path.isfile(os.path.join(path, "encoder.json")) and os.path.isfile(os.path.join(path, "vocab.bpe")):
+            return BPETokenizer.from_gpt2_files(os.path.join(path, "encoder.json"), os.path.join(path, "vocab.bpe"))
+        tok, problem = hf.load_tokenizer(path)  # vocab.json + merges.txt, or a `tokenizers` tokenizer.json
+        if tok is None:
+            raise UserError(f"{path} holds no tokenizer: {problem} (nor npgpt's or GPT-2's encoder.json + vocab.bpe)")
+        return tok
     if not os.path.isfile(path):
         raise UserError(f"tokenizer file not found: {path}")
     d = safeload.load_json(path, safeload.Obj({"type": safeload.OneOf("char", "bpe")}), what=str(path))
     if d["type"] == "char":
         return CharTokenizer.load(path)
     return BPETokenizer.load(path)
+
+
+def _is_npgpt_tokenizer_file(path):
+    """True for npgpt's own tokenizer JSON ({"type": "char" | "bpe", ...}), False for a `tokenizers`-library file."""
+    d = safeload.load_json(path, safeload.Obj({}), what=str(path))
+    return "type" in d and "model" not in d
