@@ -214,3 +214,26 @@ def test_lora_trains_the_adapters_and_the_head_only(tmp_path, capsys):
     assert not np.allclose(tuned.params["score.weight"], fresh_head.astype(np.float32))  # the head trained too
     clf = load_classifier(str(tmp_path / "out"))
     assert clf.config.lora_rank == 2 and predict_texts(clf, ["fine"])[1].shape == (1, 2)
+
+
+def test_a_frozen_run_resumes_bit_exactly(tmp_path, capsys):
+    from npgpt.train import FIELDS
+
+    if "freeze" not in FIELDS:
+        pytest.skip("this npgpt train has no --freeze")
+    assert main(["train", "--out", str(tmp_path / "lm"), "--max-iters", "1", "--n-layer", "1", "--n-embd", "16",
+                 "--n-head", "2", "--block-size", "48", "--backend", "numpy", "--sample-tokens", "0",
+                 "--no-progress", "--eval-iters", "1"]) == 0
+    common = ("--init-from", str(tmp_path / "lm"), "--freeze", "all-but-last:0", "--lora-rank", "2",
+              "--lr-decay-iters", "8", "--dropout", "0.1")
+    assert train(tmp_path, *common, out="straight", iters=8) == 0
+    assert train(tmp_path, *common, out="split", iters=4) == 0
+    assert main(["classify", "train", "--resume", str(tmp_path / "split"), "--max-iters", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    a, b = checkpoint.load(str(tmp_path / "straight")), checkpoint.load(str(tmp_path / "split"))
+    base = checkpoint.load(str(tmp_path / "lm"))
+    np.testing.assert_array_equal(a.params["h.0.mlp.c_fc.weight"], base.params["h.0.mlp.c_fc.weight"])  # frozen
+    assert not np.array_equal(a.params["ln_f.weight"], base.params["ln_f.weight"])  # trains
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+    np.testing.assert_array_equal(a.optimizer["m"], b.optimizer["m"])
