@@ -24,6 +24,7 @@ COMMANDS = {
     "plot": ("npgpt.plot", "figures of a run (loss, lr, gradient norm, update ratios, activations) and report.html"),
     "tokenizer": ("npgpt.tokenizers.cli", "train a byte-level BPE tokenizer, encode text to ids, decode ids to text"),
     "attention": ("npgpt.attention_cli", "draw every head's attention weights of a checkpoint over a text (needs matplotlib)"),
+    "classify": ("npgpt.classify_cli", "text classification on a GPT: train (from scratch or --init-from), eval, predict"),
     "seq2seq": ("npgpt.seq2seq_cli", "encoder-decoder Transformer: train on pairs or a synthetic task, translate, eval"),
 }
 

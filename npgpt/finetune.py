@@ -41,6 +41,7 @@ def trainable_names(model, freeze_spec=None):
     """The names of the parameters that train under freeze_spec (see the module docstring)."""
     names = list(model.shapes)
     adapters = {n for n in names if ".lora_" in n}
+    adapters |= set(getattr(model, "always_trained", ()))  # a task's new head (npgpt/classify.py's score.weight)
     base = [n for n in names if n not in adapters]
     spec = (freeze_spec or ("lora" if adapters else "none")).strip()
     if spec == "none":

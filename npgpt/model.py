@@ -469,7 +469,19 @@ class GPT:
         # the head's weight is wte^T (C, V): its gradient is the head's share of wte's, transposed
         dx = self._linear_backward(dlogits, c_head, None if "wte.weight" in frozen else G["wte.weight"].T, None)
         del dlogits
+        return self.backward_hidden(dx, caches, G)
 
+    def backward_hidden(self, dx, caches, G):
+        """The backward of _hidden: dx (B, T, C), the gradient at the final hidden
+        states, back through ln_f, the blocks and the embeddings -> G.
+
+        caches: _hidden's caches (consumed: popped from the end).  G: the
+        gradient views; every parameter's entry is overwritten, except
+        wte's, which the lookup's gradient ADDS to (the tied LM head may
+        have written its share first; zero it if nothing did).  A model with
+        another head on top (npgpt/classify.py) calls this with its own dx.
+        """
+        ops, cfg, frozen = self.ops, self.config, self.frozen
         if cfg.norm == "pre":
             dx, dw, db = ops.layernorm.backward(dx, caches.pop())
             _store(G, "ln_f", dw, db)
