@@ -269,9 +269,10 @@ def model_from_checkpoint(ckpt, backend=None, batch_size=None):
     return model, tokenizer
 
 
-def load_seq2seq(out_dir, backend=None):
-    """(model, PairTokenizer, state) of the latest snapshot in a training output directory."""
-    ckpt = load_checkpoint(out_dir)
+def load_seq2seq(out_dir, backend=None, which="best"):
+    """(model, PairTokenizer, state) of a training output directory's best-validation snapshot
+    (which="latest": the last one saved), as `npgpt sample` and `npgpt eval` read a GPT's."""
+    ckpt = load_checkpoint(out_dir, which)
     model, tokenizer = model_from_checkpoint(ckpt, backend)
     return model, tokenizer, ckpt.state
 

@@ -346,3 +346,24 @@ def test_memory_precheck_refuses_a_run_that_cannot_fit(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main(["seq2seq", "train", "--resume", out, "--max-iters", "4"]) == 2
     assert "more than the 1.0 MB available" in capsys.readouterr().err
+
+
+def test_translate_and_eval_read_the_best_snapshot(tmp_path, monkeypatch):
+    """Evaluations at 0, 2, 4 score 3.0, 1.0, 2.0: the best snapshot is iteration 2's, the latest 4's."""
+    from npgpt import train
+    from npgpt.seq2seq_cli import load_seq2seq
+
+    def scripted(values):
+        values = iter(values)
+
+        def evaluate(self):
+            self.eval_metrics = {"val_loss": next(values)}
+            return self.eval_metrics["val_loss"]
+        return evaluate
+
+    monkeypatch.setattr(train.Trainer, "evaluate", scripted([3.0, 1.0, 2.0]))
+    out = str(tmp_path / "out")
+    assert main(["seq2seq", "train", "--task", "reverse", "--max-len", "4", "--n-symbols", "5", *TINY,
+                 "--eval-interval", "2", "--max-iters", "4", "--out", out]) == 0
+    assert load_seq2seq(out)[2]["iter"] == 2
+    assert load_seq2seq(out, which="latest")[2]["iter"] == 4
