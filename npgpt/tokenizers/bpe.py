@@ -482,24 +482,38 @@ class BPETokenizer:
         if not isinstance(encoder, dict):
             raise UserError(f"{encoder_json} is not a GPT-2 encoder.json (expected a JSON object)")
         lines = [line for line in lines if line and not line.startswith("#version")]
+        return cls.from_encoder(encoder, lines, encoder_json, vocab_bpe, pattern)
+
+    @classmethod
+    def from_encoder(cls, encoder, merge_lines, vocab_where, merges_where=None, pattern=GPT2_SPLIT_PATTERN):
+        """{token string: id} + merge lines ("a b") -> a tokenizer, by GPT-2's rule: the merges fix
+        the ranks, and vocabulary entries that no merge makes become special tokens.
+
+        vocab_where, merges_where: the files they came from, for error messages (one file, such
+        as a `tokenizers` tokenizer.json, may hold both).
+        """
+        merges_where = merges_where or vocab_where
         try:
-            tok = cls(_parse_merges(lines, vocab_bpe), {}, pattern)
+            tok = cls(_parse_merges(merge_lines, merges_where), {}, pattern)
         except UserError as e:
-            raise UserError(f"{vocab_bpe}: {e}") from None
+            raise UserError(f"{merges_where}: {e}") from None
         ranks = tok._ranks
         specials = {}
         for key, i in encoder.items():
             token = _try_str_to_token(key)
             if token is not None and token in ranks:
                 if ranks[token] != i:
-                    raise UserError(f"{encoder_json} gives {key!r} id {i!r} but {vocab_bpe} implies {ranks[token]}: "
+                    raise UserError(f"{vocab_where} gives {key!r} id {i!r} but {merges_where} implies {ranks[token]}: "
                                     "only files whose ids follow the merge order (as GPT-2's do) are supported")
             else:
                 specials[key] = i
         if len(encoder) - len(specials) != len(ranks):
-            raise UserError(f"{encoder_json} lacks {len(ranks) - len(encoder) + len(specials)} of the tokens "
-                            f"{vocab_bpe} makes")
-        tok.special_tokens = cls._number_specials(specials, len(ranks))
+            raise UserError(f"{vocab_where} lacks {len(ranks) - len(encoder) + len(specials)} of the tokens "
+                            f"{merges_where} makes")
+        try:
+            tok.special_tokens = cls._number_specials(specials, len(ranks))
+        except UserError as e:
+            raise UserError(f"{vocab_where}: {e}") from None
         tok._decoder.update({i: s.encode("utf-8") for s, i in tok.special_tokens.items()})
         return tok
 

@@ -11,7 +11,6 @@ import os
 
 from .. import safeload
 from ..errors import UserError
-from . import bpe
 from .bpe import BPETokenizer
 from .char import CharTokenizer
 
@@ -91,29 +90,5 @@ def _is_gpt2_byte_level(d):
 
 
 def bpe_from_encoder(encoder, merge_lines, where):
-    """{token string: id} + ["a b", ...] -> BPETokenizer; tokens no merge makes become special tokens.
-
-    The same rule as BPETokenizer.from_gpt2_files, for a vocabulary already in memory.
-    """
-    try:
-        tok = bpe.BPETokenizer(bpe._parse_merges(merge_lines, where), {}, bpe.GPT2_SPLIT_PATTERN)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    ranks, specials = tok._ranks, {}
-    for key, i in encoder.items():
-        token = bpe._try_str_to_token(key)
-        if token is not None and token in ranks:
-            if ranks[token] != i:
-                raise UserError(f"{where}: token {key!r} has id {i} but the merges imply {ranks[token]}: only "
-                                "vocabularies whose ids follow the merge order (as GPT-2's do) are supported")
-        else:
-            specials[key] = i
-    if len(encoder) - len(specials) != len(ranks):
-        raise UserError(f"{where}: the vocabulary lacks {len(ranks) - len(encoder) + len(specials)} of the tokens "
-                        "its merges make")
-    try:
-        tok.special_tokens = bpe.BPETokenizer._number_specials(specials, len(ranks))
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    tok._decoder.update({i: s.encode("utf-8") for s, i in tok.special_tokens.items()})
-    return tok
+    """{token string: id} + ["a b", ...] from one file -> BPETokenizer (BPETokenizer.from_encoder's rule)."""
+    return BPETokenizer.from_encoder(encoder, merge_lines, where)
