@@ -13,12 +13,12 @@ numeric label column is read as its text ("0", "1").
 """
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import safeload
 from .errors import UserError
 
 MAX_LINE_BYTES = 10 * 1024 * 1024  # one CSV field or JSON line; csv's own default is 128 KB
@@ -103,10 +103,7 @@ def _read_jsonl(text, path, text_column, label_column):
             continue
         if len(raw) > MAX_LINE_BYTES:
             raise UserError(f"{path}, line {line}: longer than {MAX_LINE_BYTES:,} characters")
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
-            raise UserError(f"{path}, line {line}: not a JSON object") from None
+        record = safeload.parse_json(raw, f"{path}, line {line}")  # bounded depth, no NaN: one line on failure
         if not isinstance(record, dict):
             raise UserError(f"{path}, line {line}: not a JSON object")
         for column in (text_column, label_column):

@@ -38,6 +38,8 @@ def test_jsonl(tmp_path):
     ("f.jsonl", "[1, 2]\n", "line 1: not a JSON object"),
     ("g.jsonl", '{"text": 5, "sentiment": "a"}\n', "must be a string"),
     ("h.csv", "", "empty"),
+    ("i.jsonl", "[" * 100000 + "\n", "line 1: nested more than 64 levels deep"),  # npgpt/safeload.py's bound
+    ("j.jsonl", '{"text": "x", "sentiment": NaN}\n', "line 1: not valid JSON"),
 ])
 def test_bad_files_get_one_line(tmp_path, name, content, message):
     path = write(tmp_path, name, content)
